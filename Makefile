@@ -1,0 +1,45 @@
+# Two commands on a fresh machine:  make demo  ·  make test
+# Everything runs inside the project's own virtual environment (.venv), created on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU wheel of PyTorch. On a CUDA machine: make install TORCH=torch (takes the CUDA build).
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed-stamp
+OUT    ?= runs/demo
+
+# Every default works offline: the pretrained towers ship as a Python package.
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export MPLBACKEND ?= Agg
+
+.PHONY: install demo test lint format notebooks clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m qa_lib quickstart --out $(OUT) --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check qa_lib tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/python -m ruff check --fix .
+	$(BIN)/python -m ruff format qa_lib tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,39 @@
+"""qa_lib: train two BERT encoders for question-answer retrieval, and measure them honestly.
+
+Typical use::
+
+    from qa_lib import DualEncoder, TrainConfig, evaluate, fit, load_pairs
+
+    train, test = load_pairs("default", "train"), load_pairs("default", "test")
+    model = DualEncoder.from_config()
+    history = fit(model, train, config=TrainConfig(num_epochs=1))
+    print(evaluate(model, test))
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from qa_lib.config import EncoderConfig, TrainConfig, preset
+from qa_lib.data import Pairs, load_pairs, split_pairs
+from qa_lib.encoders import DualEncoder
+from qa_lib.errors import QAError
+from qa_lib.evaluate import demo_scores, evaluate
+from qa_lib.losses import in_batch_loss
+from qa_lib.train import History, fit
+
+__all__ = [
+    "DualEncoder",
+    "EncoderConfig",
+    "History",
+    "Pairs",
+    "QAError",
+    "TrainConfig",
+    "demo_scores",
+    "evaluate",
+    "fit",
+    "in_batch_loss",
+    "load_pairs",
+    "preset",
+    "split_pairs",
+]

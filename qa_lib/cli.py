@@ -1,0 +1,320 @@
+"""Command line: ``python -m qa_lib {quickstart,train,evaluate,demo}``.
+
+Errors a user can cause print one line (``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from qa_lib.config import EncoderConfig, TrainConfig
+from qa_lib.errors import QAError
+
+TABLE_KEYS = (
+    "recall@1",
+    "recall@5",
+    "recall@10",
+    "mrr@10",
+    "ndcg@10",
+    "mean_rank",
+    "question_echo_rate",
+    "recall@1_with_echo",
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import qa_lib
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "qa_lib": qa_lib.__version__,
+    }
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise QAError(f"--out {out}: is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise QAError(f"--out {out}: folder is not empty; choose a new folder or pass --overwrite")
+
+
+def format_table(results: dict[str, dict[str, float]], keys=TABLE_KEYS) -> str:
+    """A Markdown table: one row per system, one column per metric."""
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, metrics in results.items():
+        cells = [f"{metrics[k]:.3f}" if k in metrics else "-" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_demo(scores: list[tuple[str, float]]) -> str:
+    return "\n".join(f"  {score:8.3f}  {text}" for text, score in scores)
+
+
+def _encoder_config(args) -> EncoderConfig:
+    return EncoderConfig(
+        model=args.model,
+        pooling=args.pooling,
+        tied=args.tied,
+        pretrained=not args.random_init,
+        normalize=not args.dot,
+        proj_dim=args.proj_dim,
+    )
+
+
+def _train_config(args) -> TrainConfig:
+    return TrainConfig(
+        num_epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        echo_weight=args.echo_weight,
+        scale=args.scale,
+        device=args.device,
+    )
+
+
+def _load_model(spec: str | None, seed: int = 0):
+    """A saved dual encoder folder, or a model name/folder for untrained towers."""
+    from qa_lib.encoders import OPTIONS_FILE, DualEncoder
+
+    if spec and (Path(spec) / OPTIONS_FILE).is_file():
+        return DualEncoder.load(spec)
+    return DualEncoder.from_config(EncoderConfig(model=spec), seed=seed)
+
+
+def _save_plots(out: Path, history, baseline: dict | None) -> list[str]:
+    from qa_lib.plotting import plot_epoch_metrics, plot_loss, save_figure
+
+    save_figure(plot_loss(history.step_loss, history.chance_loss), out / "loss.png")
+    names = ["loss.png"]
+    if history.epochs and "recall@1" in history.epochs[0]:
+        save_figure(plot_epoch_metrics(history.epochs, baseline=baseline), out / "validation.png")
+        names.append("validation.png")
+    return names
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> dict:
+    """Train on ``--data`` and save best/last models, metrics.json and plots in ``--out``."""
+    from qa_lib.data import load_pairs
+    from qa_lib.encoders import DualEncoder
+    from qa_lib.files import write_json
+    from qa_lib.train import fit
+
+    out = Path(args.out)
+    _check_out_dir(out, args.overwrite)
+    train = load_pairs(args.data, args.split, seed=args.seed, drop_incomplete=args.drop_incomplete)
+    val = None
+    if args.val_split != "none":
+        try:
+            val = load_pairs(
+                args.data, args.val_split, seed=args.seed, drop_incomplete=args.drop_incomplete
+            )
+        except QAError:
+            val = None  # the source has no such split: train without validation
+    model = DualEncoder.from_config(_encoder_config(args), seed=args.seed)
+    config = _train_config(args)
+    start = time.perf_counter()
+    history = fit(model, train, val, config, out_dir=out, progress=not args.quiet)
+    record = {
+        "seed": args.seed,
+        "versions": _versions(),
+        "data": args.data,
+        "data_fingerprint": train.fingerprint(),
+        "n_train": len(train),
+        "encoder": asdict(model.config),
+        "train": asdict(config),
+        "history": history.as_dict(),
+        "train_seconds": time.perf_counter() - start,
+    }
+    record["plots"] = _save_plots(out, history, None)
+    write_json(out / "metrics.json", record)
+    print(
+        f"trained {len(history.step_loss)} steps; best epoch {history.best_epoch}; "
+        f"models in {out / 'best'} and {out / 'last'}"
+    )
+    return record
+
+
+def cmd_evaluate(args) -> dict:
+    """Evaluate a saved model (or untrained towers) on ``--data``'s split."""
+    from qa_lib.data import load_pairs
+    from qa_lib.evaluate import evaluate
+    from qa_lib.files import write_json
+
+    pairs = load_pairs(args.data, args.split, seed=args.seed)
+    model = _load_model(args.model, seed=args.seed)
+    metrics = evaluate(model, pairs, progress=not args.quiet)
+    print(format_table({args.model or "all-MiniLM-L6-v2 (untrained)": metrics}))
+    if args.json:
+        write_json(args.json, metrics)
+    return metrics
+
+
+def cmd_demo(args) -> list:
+    """Score the lesson's demo question against its three candidates."""
+    from qa_lib.evaluate import demo_scores
+
+    scores = demo_scores(_load_model(args.model))
+    print(format_demo(scores))
+    return scores
+
+
+def cmd_quickstart(args) -> dict:
+    """The main job: train on the embedded data, compare untrained vs trained on its test split."""
+    from qa_lib.data import load_pairs
+    from qa_lib.encoders import DualEncoder
+    from qa_lib.evaluate import demo_scores, evaluate
+    from qa_lib.files import write_json
+    from qa_lib.plotting import plot_metric_bars, save_figure
+    from qa_lib.train import fit
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    _check_out_dir(out, args.overwrite)
+    train, val, test = (
+        load_pairs(args.data, s, seed=args.seed) for s in ("train", "validation", "test")
+    )
+    print(
+        f"data: {len(train)} train / {len(val)} validation / {len(test)} test pairs "
+        f"({train.report.summary() if train.report else 'not cleaned'})"
+    )
+    model = DualEncoder.from_config(_encoder_config(args), seed=args.seed)
+    before = evaluate(model, test, progress=not args.quiet)
+    demo_before = demo_scores(model)
+    config = _train_config(args)
+    history = fit(model, train, val, config, out_dir=out, progress=not args.quiet)
+    model = DualEncoder.load(out / "best")
+    after = evaluate(model, test, progress=not args.quiet)
+    demo_after = demo_scores(model)
+    results = {"untrained": before, "trained": after}
+    print(
+        "\nHeld-out test split ("
+        f"{after['n_questions']} questions, "
+        f"{after['n_candidates']} candidates, chance recall@1 = {after['chance_recall@1']:.3f}):"
+    )
+    print(format_table(results))
+    print("\nThe lesson's demo, before training:\n" + format_demo(demo_before))
+    print("after training:\n" + format_demo(demo_after))
+    plots = _save_plots(out, history, before)
+    save_figure(
+        plot_metric_bars(results, chance=after["chance_recall@1"]), out / "test_metrics.png"
+    )
+    record = {
+        "seed": args.seed,
+        "versions": _versions(),
+        "data": args.data,
+        "data_fingerprint": train.fingerprint(),
+        "encoder": asdict(model.config),
+        "train": asdict(config),
+        "test": results,
+        "demo": {"untrained": demo_before, "trained": demo_after},
+        "history": history.as_dict(),
+        "plots": plots + ["test_metrics.png"],
+        "wall_seconds": time.perf_counter() - start,
+    }
+    write_json(out / "metrics.json", record)
+    print(
+        f"\nwrote {out}/metrics.json, plots and models (best, last) in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
+    return record
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    p.add_argument("--model", default=None, help="hub id or folder (default: packaged MiniLM)")
+    p.add_argument("--epochs", type=int, default=defaults.num_epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--scale", type=float, default=defaults.scale, help="inverse temperature")
+    p.add_argument(
+        "--echo-weight",
+        type=float,
+        default=defaults.echo_weight,
+        help="weight of each question's own text as a negative (0 = off)",
+    )
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
+    p.add_argument("--proj-dim", type=int, default=None, help="add a projection to this size")
+    p.add_argument("--tied", action="store_true", help="one shared encoder for both sides")
+    p.add_argument("--random-init", action="store_true", help="random weights, same config")
+    p.add_argument("--dot", action="store_true", help="raw dot product instead of cosine")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qa_lib", description=__doc__.splitlines()[0])
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("quickstart", help="train + before/after evaluation (make demo)")
+    p.add_argument("--data", default="default")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--seed", type=int, default=0)
+    _add_model_options(p)
+    p.set_defaults(func=cmd_quickstart, epochs=5)
+
+    p = sub.add_parser("train", help="train a dual encoder")
+    p.add_argument("--data", required=True, help="file, folder, hub id, or 'default'")
+    p.add_argument("--out", required=True, help="folder for models, metrics.json and plots")
+    p.add_argument("--split", default="train", help="rows to train on (BEIR: the qrels file)")
+    p.add_argument("--val-split", default="validation", help="'none' to skip validation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--drop-incomplete",
+        action="store_true",
+        help="skip rows with an empty question or answer instead of failing",
+    )
+    _add_model_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="held-out metrics for a model")
+    p.add_argument("--model", default=None, help="saved model folder, or a model name/folder")
+    p.add_argument("--data", default="default")
+    p.add_argument("--split", default="test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the metrics to this file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the lesson's demo: question, answer, Donald Duck")
+    p.add_argument("--model", default=None, help="saved model folder, or a model name/folder")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except QAError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

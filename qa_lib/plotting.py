@@ -1,0 +1,119 @@
+"""Small figures for the notebooks and the CLI. Each function returns a matplotlib Figure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def _figure(figsize=(5, 3)):
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize, layout="constrained")
+
+
+def plot_loss(step_loss: Sequence[float], chance_loss: float | None = None, smooth: int = 10):
+    """Training loss per step, smoothed, with the chance level ln B as a dashed line."""
+    fig, ax = _figure()
+    steps = np.arange(1, len(step_loss) + 1)
+    ax.plot(steps, step_loss, color="tab:blue", alpha=0.3, lw=1, label="loss per step")
+    if len(step_loss) >= smooth > 1:
+        kernel = np.ones(smooth) / smooth
+        ax.plot(
+            steps[smooth - 1 :],
+            np.convolve(step_loss, kernel, mode="valid"),
+            color="tab:blue",
+            lw=2,
+            label=f"mean of {smooth} steps",
+        )
+    if chance_loss is not None:
+        ax.axhline(chance_loss, color="gray", ls="--", label=f"chance = ln B = {chance_loss:.2f}")
+    ax.set(xlabel="optimiser step", ylabel="in-batch loss", ylim=(0, None))
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_epoch_metrics(
+    epochs: Sequence[Mapping], keys=("recall@1", "mrr@10"), baseline: Mapping | None = None
+):
+    """Validation metrics per epoch; ``baseline`` (e.g. the untrained model) as dotted lines."""
+    fig, ax = _figure()
+    x = [e["epoch"] for e in epochs]
+    for key, color in zip(keys, ("tab:green", "tab:orange", "tab:red")):
+        ax.plot(x, [e.get(key, np.nan) for e in epochs], marker="o", color=color, label=key)
+        if baseline and key in baseline:
+            ax.axhline(baseline[key], color=color, ls=":", label=f"{key} before training")
+    ax.set(xlabel="epoch", ylabel="validation metric", ylim=(0, 1.02), xticks=x)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_metric_bars(
+    results: Mapping[str, Mapping[str, float]],
+    keys=("recall@1", "recall@5", "mrr@10", "ndcg@10", "question_echo_rate"),
+    chance: float | None = None,
+):
+    """Grouped bars: one group per metric, one bar per system (e.g. untrained vs trained)."""
+    fig, ax = _figure((6, 3))
+    width = 0.8 / max(1, len(results))
+    for i, (name, metrics) in enumerate(results.items()):
+        xs = np.arange(len(keys)) + i * width
+        bars = ax.bar(xs, [metrics.get(k, np.nan) for k in keys], width, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls="--", label=f"chance recall@1 = {chance:.3f}")
+    ax.set_xticks(np.arange(len(keys)) + width * (len(results) - 1) / 2, keys, fontsize=8)
+    ax.set(ylim=(0, 1.1), ylabel="score")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_similarity(
+    scores,
+    questions: Sequence[str] | None = None,
+    answers: Sequence[str] | None = None,
+    title: str = "q_emb · a_emb",
+):
+    """Heatmap of a question-answer score matrix; a trained model shows a bright diagonal."""
+    scores = np.asarray(scores)
+    fig, ax = _figure((4.5, 4))
+    image = ax.imshow(scores, cmap="viridis")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    short = lambda texts: [t if len(t) < 28 else t[:25] + "…" for t in texts]  # noqa: E731
+    if questions is not None:
+        ax.set_yticks(range(len(questions)), short(questions), fontsize=6)
+    if answers is not None:
+        ax.set_xticks(range(len(answers)), short(answers), fontsize=6, rotation=90)
+    ax.set(xlabel="answer", ylabel="question", title=title)
+    return fig
+
+
+def plot_length_histogram(
+    q_lengths: Sequence[int],
+    a_lengths: Sequence[int],
+    max_q_len: int | None = None,
+    max_a_len: int | None = None,
+):
+    """Token-length histograms of questions and answers, with the chosen max lengths."""
+    fig, ax = _figure()
+    bins = np.linspace(0, max(max(q_lengths), max(a_lengths)) + 1, 40)
+    ax.hist(q_lengths, bins=bins, alpha=0.6, label="questions")
+    ax.hist(a_lengths, bins=bins, alpha=0.6, label="answers")
+    for value, color, name in (
+        (max_q_len, "tab:blue", "max_q_len"),
+        (max_a_len, "tab:orange", "max_a_len"),
+    ):
+        if value:
+            ax.axvline(value, color=color, ls="--", label=f"{name} = {value}")
+    ax.set(xlabel="tokens", ylabel="texts")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def save_figure(fig, path) -> None:
+    """Save a figure as a PNG at modest dpi and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

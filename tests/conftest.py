@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny random BERT built from the packaged config, and small data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from qa_lib import DualEncoder, EncoderConfig, load_pairs  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TINY = (
+    ("hidden_size", 32),
+    ("num_hidden_layers", 2),
+    ("num_attention_heads", 2),
+    ("intermediate_size", 64),
+)
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test with a reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared dataset not present: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> EncoderConfig:
+    """A 2-layer, 32-wide random BERT with the packaged tokenizer (about 1M parameters)."""
+    return EncoderConfig(pretrained=False, model_overrides=TINY, max_q_len=24, max_a_len=48)
+
+
+@pytest.fixture
+def tiny_model(tiny_config) -> DualEncoder:
+    return DualEncoder.from_config(tiny_config, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tiny_config) -> Path:
+    """A folder holding a tiny random BERT + tokenizer, usable as ``--model``."""
+    from qa_lib.config import default_model_path
+    from qa_lib.encoders import load_backbone, load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    load_backbone(default_model_path(), False, dict(TINY)).save_pretrained(folder)
+    load_tokenizer(default_model_path()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def default_splits():
+    return {s: load_pairs("default", s) for s in ("train", "validation", "test")}
+
+
+@pytest.fixture(scope="session")
+def tiny_splits(default_splits):
+    """Small train/test subsets of the embedded data."""
+    train, test = default_splits["train"], default_splits["test"]
+    return train.select(range(96)), test.select(range(32))

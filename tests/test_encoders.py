@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from qa_lib import DualEncoder, QAError
+from qa_lib.encoders import OPTIONS_FILE, pool
+
+TEXTS = ["a short one", "a considerably longer text with many more tokens in it", "mid length text"]
+
+
+def test_two_separate_towers(tiny_model):
+    assert tiny_model.q_encoder is not tiny_model.a_encoder
+    q_params = {id(p) for p in tiny_model.q_encoder.parameters()}
+    assert not q_params & {id(p) for p in tiny_model.a_encoder.parameters()}
+
+
+def test_tied_towers_share_one_encoder(tiny_config):
+    tied = DualEncoder.from_config(tiny_config, tied=True, proj_dim=8)
+    assert tied.q_encoder is tied.a_encoder and tied.q_proj is tied.a_proj
+    assert_close(tied.encode_questions(TEXTS), tied.encode_answers(TEXTS))
+
+
+def test_pooling_cls_and_mean():
+    hidden = torch.arange(12.0).reshape(1, 3, 4)
+    mask = torch.tensor([[1, 1, 0]])
+    assert_close(pool(hidden, mask, "cls"), hidden[:, 0])
+    assert_close(pool(hidden, mask, "mean"), hidden[:, :2].mean(1))
+    with pytest.raises(QAError, match="pooling"):
+        pool(hidden, mask, "max")
+
+
+def test_projection_normalisation_and_shapes(tiny_config):
+    model = DualEncoder.from_config(tiny_config, proj_dim=16, normalize=True)
+    q_emb = model.encode_questions(TEXTS)
+    assert q_emb.shape == (3, 16)  # (batch, proj_dim)
+    assert_close(q_emb.norm(dim=-1), torch.ones(3))
+    raw = DualEncoder.from_config(tiny_config, normalize=False, pooling="cls")
+    assert raw.encode_answers(TEXTS).shape == (3, 32)  # (batch, hidden)
+    assert not torch.allclose(raw.encode_answers(TEXTS).norm(dim=-1), torch.ones(3))
+
+
+def test_length_sorted_encoding_keeps_input_order(tiny_model):
+    together = tiny_model.encode_answers(TEXTS, batch_size=2)
+    one_by_one = torch.cat([tiny_model.encode_answers([t]) for t in TEXTS])
+    assert_close(together, one_by_one, atol=1e-5, rtol=1e-5)
+
+
+def test_score_is_the_dot_product(tiny_model):
+    scores = tiny_model.score(TEXTS[:2], TEXTS)
+    assert scores.shape == (2, 3)
+    expected = tiny_model.encode_questions(TEXTS[:2]) @ tiny_model.encode_answers(TEXTS).T
+    assert_close(scores, expected)
+
+
+def test_random_init_is_seeded_and_differs_from_pretrained(tiny_config):
+    a = DualEncoder.from_config(tiny_config, seed=1).encode_questions(TEXTS)
+    b = DualEncoder.from_config(tiny_config, seed=1).encode_questions(TEXTS)
+    c = DualEncoder.from_config(tiny_config, seed=2).encode_questions(TEXTS)
+    assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("changes", [{}, {"tied": True, "proj_dim": 8}, {"proj_dim": 8}])
+def test_save_load_round_trip(tmp_path, tiny_config, changes):
+    model = DualEncoder.from_config(tiny_config, **changes)
+    model.save(tmp_path / "m")
+    again = DualEncoder.load(tmp_path / "m")
+    assert again.config == model.config
+    assert_close(again.score(TEXTS, TEXTS), model.score(TEXTS, TEXTS))
+    assert not list(tmp_path.glob(".m.*")), "no temporary folders left behind"
+
+
+def test_save_replaces_atomically_and_load_rejects_partial(tmp_path, tiny_model):
+    target = tiny_model.save(tmp_path / "m")
+    tiny_model.save(target)  # overwriting a complete save works
+    (target / OPTIONS_FILE).unlink()  # what a crash before the last write would leave
+    with pytest.raises(QAError, match="no saved dual encoder"):
+        DualEncoder.load(target)
+
+
+def test_missing_model_folder_and_offline_hub_id(tmp_path):
+    with pytest.raises(QAError, match="not a model folder"):
+        DualEncoder.from_config(model=str(tmp_path / "nope"))
+    with pytest.raises(QAError, match="Hugging Face hub"):
+        DualEncoder.from_config(model="someone/no-such-model")
+
+
+def test_packaged_model_loads_offline():
+    model = DualEncoder.from_config()
+    assert model.q_encoder.config.num_hidden_layers == 6 and model.dim == 384
+    scores = model.score(
+        ["What is the capital of France?"],
+        ["Paris is the capital of France.", "Bananas are yellow."],
+    )
+    assert scores[0, 0] > scores[0, 1]
