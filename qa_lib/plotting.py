@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -51,7 +52,7 @@ def plot_epoch_metrics(
 
 def plot_metric_bars(
     results: Mapping[str, Mapping[str, float]],
-    keys=("recall@1", "recall@5", "mrr@10", "ndcg@10", "question_echo_rate"),
+    keys=("recall@1", "recall@5", "mrr@10", "ndcg@10", "question_echo_rate", "recall@1_with_echo"),
     chance: float | None = None,
 ):
     """Grouped bars: one group per metric, one bar per system (e.g. untrained vs trained)."""
@@ -63,9 +64,10 @@ def plot_metric_bars(
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     if chance is not None:
         ax.axhline(chance, color="gray", ls="--", label=f"chance recall@1 = {chance:.3f}")
-    ax.set_xticks(np.arange(len(keys)) + width * (len(results) - 1) / 2, keys, fontsize=8)
+    labels = ["\n".join(textwrap.wrap(k.replace("_", " "), 10)) for k in keys]
+    ax.set_xticks(np.arange(len(keys)) + width * (len(results) - 1) / 2, labels, fontsize=7)
     ax.set(ylim=(0, 1.1), ylabel="score")
-    ax.legend(fontsize=8)
+    fig.legend(loc="outside upper center", ncols=3, fontsize=8)
     return fig
 
 
