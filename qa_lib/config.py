@@ -60,6 +60,9 @@ class TrainConfig:
     seed: int = 0  # seeds data order, dropout and any random init
     max_steps: int | None = None  # stop after this many optimiser steps (None = all epochs)
     answer_chunks: int = 4  # encode each batch's answers in this many length-sorted chunks
+    grad_cache_chunk: int | None = None  # gradient caching: rows per forward pass (None = off)
+    compile: bool = False  # torch.compile the towers (pays off on GPU for long runs)
+    log_every: int | None = None  # steps between loss read-backs; None = 1 on CPU, 10 on CUDA
     eval_batch_size: int = 64  # texts per forward pass when encoding for validation
     device: str | None = None  # "cpu", "cuda", ...; None = cuda if available else cpu
 

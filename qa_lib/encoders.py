@@ -8,6 +8,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -185,10 +186,13 @@ class DualEncoder(nn.Module):
 
     # ------------------------------------------------------------------ inference
     def _batches(self, texts: Sequence[str], max_len: int, batch_size: int) -> Iterator:
+        """Length-sorted tokenised batches (pinned on CUDA for asynchronous copies)."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        pin = self.device.type == "cuda"
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            yield idx, self.tokenize([texts[i] for i in idx], max_len)
+            batch = self.tokenize([texts[i] for i in idx], max_len)
+            yield idx, {k: v.pin_memory() for k, v in batch.items()} if pin else batch
 
     @torch.inference_mode()
     def _encode(self, texts, tower: str, batch_size: int, progress: bool) -> torch.Tensor:
@@ -197,23 +201,19 @@ class DualEncoder(nn.Module):
         texts = list(texts)
         max_len = self.config.max_q_len if tower == "question" else self.config.max_a_len
         embed = self.embed_questions if tower == "question" else self.embed_answers
-        out = torch.empty(len(texts), self.dim)
+        out = torch.empty(len(texts), self.dim, device=self.device)  # (n, dim), copied once
         was_training = self.training
         self.eval()
         try:
             total = -(-len(texts) // batch_size)
-            bar = tqdm(
-                self._batches(texts, max_len, batch_size),
-                total=total,
-                desc=f"encode {tower}s",
-                disable=not progress,
-            )
+            batches = _prefetched(self._batches(texts, max_len, batch_size))
+            bar = tqdm(batches, total=total, desc=f"encode {tower}s", disable=not progress)
             for idx, batch in bar:
                 with _autocast(self.device):
-                    out[idx] = embed(batch).float().cpu()
+                    out[torch.tensor(idx, device=self.device)] = embed(batch).float()
         finally:
             self.train(was_training)
-        return out
+        return out.cpu()
 
     def encode_questions(
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
@@ -323,6 +323,18 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
+
+
+def _prefetched(items: Iterator) -> Iterator:
+    """Yield from ``items`` while a background thread prepares the next item.
+
+    Tokenising the next batch then overlaps with the model's forward pass on this one.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        upcoming = pool.submit(next, items, None)
+        while (item := upcoming.result()) is not None:
+            upcoming = pool.submit(next, items, None)
+            yield item
 
 
 def _autocast(device: torch.device):

@@ -119,6 +119,18 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return [b for b in batches if len(b) > 1]
 
 
+def prepare_model(model: DualEncoder, config: TrainConfig) -> DualEncoder:
+    """Move the model to its device in training mode; compile the towers if asked.
+
+    ``Module.compile`` compiles in place, so parameter names (and saved files) do not change.
+    """
+    model.to(resolve_device(config.device)).train()
+    if config.compile:
+        for encoder in {id(m): m for m in (model.q_encoder, model.a_encoder)}.values():
+            encoder.compile(dynamic=None)
+    return model
+
+
 def make_optimizer(model: DualEncoder, config: TrainConfig, total_steps: int):
     """AdamW (no decay on biases and LayerNorm) and a warm-up + linear-decay schedule."""
     decay, no_decay = [], []
@@ -142,7 +154,15 @@ def make_optimizer(model: DualEncoder, config: TrainConfig, total_steps: int):
 
 
 def train_step(model: DualEncoder, data: TokenizedPairs, idx: list[int], config: TrainConfig):
-    """Forward and backward for one batch; returns the loss (a tensor, not synced)."""
+    """Forward and backward for one batch; returns the loss (a tensor, not synced).
+
+    With ``config.grad_cache_chunk`` smaller than the batch, the step runs with gradient
+    caching (:mod:`qa_lib.gradcache`): same loss and gradients, the memory of one chunk.
+    """
+    if config.grad_cache_chunk and config.grad_cache_chunk < len(idx):
+        from qa_lib.gradcache import cached_train_step
+
+        return cached_train_step(model, data, idx, config)
     q_ids = [data.q_ids[i] for i in idx]
     with _autocast(model.device):
         q_batch = collate(q_ids, data.pad_id)
@@ -162,6 +182,27 @@ def train_step(model: DualEncoder, data: TokenizedPairs, idx: list[int], config:
         )
     loss.backward()
     return loss.detach()
+
+
+def read_losses(pending: list[torch.Tensor], step: int) -> list[float]:
+    """Read queued losses back in one host sync; stop on the first that is not finite.
+
+    Args:
+        pending: loss tensors of the steps up to ``step``, oldest first.
+        step: the number of optimiser steps taken so far.
+
+    Raises:
+        QAError: a loss is NaN or infinite; the message names its step.
+    """
+    values = torch.stack(pending).float().tolist() if pending else []
+    for offset, value in enumerate(values):
+        if not math.isfinite(value):
+            bad = step - len(values) + offset + 1
+            raise QAError(
+                f"the loss became {value} at step {bad}; lower --lr or the scale, or check the "
+                f"data (the last good model is still in the output folder)"
+            )
+    return values
 
 
 def fit(
@@ -196,7 +237,7 @@ def fit(
     if len(train) < 2:
         raise QAError(f"{train.name or 'training data'}: need at least 2 pairs to train")
     seed_everything(config.seed)
-    model.to(resolve_device(config.device)).train()
+    prepare_model(model, config)
     data = tokenize_pairs(model, train)
     per_epoch = len(epoch_batches(len(train), config.batch_size, config.seed, 0))
     total = per_epoch * config.num_epochs
@@ -208,27 +249,33 @@ def fit(
     history = History(chance_loss=math.log(batch + echo))
     best: tuple[float, float, int] | None = None
     bar = tqdm(total=total, desc="train", disable=not progress, dynamic_ncols=True)
+    sync_every = config.log_every or (10 if model.device.type == "cuda" else 1)
     step = 0
     for epoch in range(config.num_epochs):
-        losses = []
+        losses: list[float] = []
+        pending: list[torch.Tensor] = []  # losses not yet read back (no host sync per step)
         for idx in epoch_batches(len(train), config.batch_size, config.seed, epoch):
             if step >= total:
                 break
-            loss = train_step(model, data, idx, config).item()
-            if not math.isfinite(loss):
-                raise QAError(
-                    f"the loss became {loss} at step {step + 1}; lower --lr or the scale, "
-                    f"or check the data (the last good model is still in the output folder)"
-                )
+            pending.append(train_step(model, data, idx, config))
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss)
             step += 1
-            bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+            if len(pending) >= sync_every or step >= total:
+                losses += read_losses(pending, step)
+                bar.update(len(pending))
+                bar.set_postfix(
+                    epoch=epoch + 1,
+                    loss=f"{sum(losses[-20:]) / 20:.3f}"
+                    if len(losses) >= 20
+                    else f"{sum(losses) / len(losses):.3f}",
+                )
+                pending = []
+        losses += read_losses(pending, step)
+        bar.update(len(pending))
         history.step_loss.extend(losses)
         record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "steps": step}
         if val is not None and len(val):

@@ -32,8 +32,18 @@ def shared_file(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_config() -> EncoderConfig:
-    """A 2-layer, 32-wide random BERT with the packaged tokenizer (about 1M parameters)."""
-    return EncoderConfig(pretrained=False, model_overrides=TINY, max_q_len=24, max_a_len=48)
+    """A 2-layer, 32-wide random BERT with the packaged tokenizer (about 1M parameters).
+
+    ``QA_TINY_SOURCE`` may name another folder with the config and tokenizer (no weights
+    needed), for machines without the packaged model, such as a bare GPU box.
+    """
+    return EncoderConfig(
+        model=os.environ.get("QA_TINY_SOURCE") or None,
+        pretrained=False,
+        model_overrides=TINY,
+        max_q_len=24,
+        max_a_len=48,
+    )
 
 
 @pytest.fixture

@@ -19,9 +19,8 @@ def _split(spec: str) -> tuple[str, str]:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = dict(
-        _split(s) for s in project["dependencies"] + project["optional-dependencies"]["dev"]
-    )
+    extras = project["optional-dependencies"]
+    wanted = dict(_split(s) for s in project["dependencies"] + extras["dev"] + extras["bench"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     found = {}
     for entry in env["dependencies"]:

@@ -1,0 +1,462 @@
+"""Training and encoding throughput: qa_lib against the loops people would otherwise run.
+
+Measured in one run, same model, batch, data and lengths, each system in its own subprocess:
+
+  plain   a plain fp32 two-tower loop like the original lesson's (tokenise every step, pad to the
+          maximum length, CLS pooling, torch AdamW)
+  st      sentence-transformers' trainer with MultipleNegativesRankingLoss (one shared tower,
+          mean pooling, bf16 on CUDA), the tool practitioners pick
+  qa_lib  qa_lib.train.fit with its defaults (two towers, echo negative on, pre-tokenised,
+          length-sorted answer chunks; bf16 autocast, SDPA and fused AdamW on CUDA)
+  qa_lib-noecho  the same without the echo negative (the same work per pair as st)
+  qa_lib-compile, qa_lib-noecho-compile  the same with torch.compile (GPU preset)
+
+Steady-state pairs/s are timed between step boundaries after warm-up steps (with a device
+synchronise at each boundary). Encoding compares qa_lib's ``encode_answers`` with the raw forward
+pass of the answer tower on pre-tokenised, length-sorted batches.
+
+    python benchmarks/throughput.py                  # CPU: packaged MiniLM, nq-sample pairs
+    python benchmarks/throughput.py --preset gpu     # CUDA: BERT-base-sized towers, fixed shape
+    python benchmarks/throughput.py --preset gpu --grad-cache   # + batch 4096 with caching
+
+Writes ``runs/bench/throughput-<preset>.json`` and ``.md``, and prints the table with ratios to st.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NQ = ROOT.parent / "shared" / "data" / "nq-sample-dlai" / "nq_sample.tsv"
+BERT_BASE = dict(
+    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+)
+
+
+@dataclass
+class Spec:
+    """One benchmark configuration, passed to each worker subprocess as JSON."""
+
+    preset: str  # "cpu" (MiniLM, real pairs) or "gpu" (BERT-base-sized, fixed shape)
+    device: str
+    batch_size: int
+    warmup: int  # untimed steps
+    steps: int  # timed steps
+    max_q_len: int = 32
+    max_a_len: int = 128
+    lr: float = 5e-5
+    model_dir: str = ""  # filled by the parent
+    grad_cache_chunk: int | None = None
+    encode_count: int = 1000
+
+
+# ----------------------------------------------------------------------------- data and model
+
+
+def load_texts(spec: Spec) -> tuple[list[str], list[str]]:
+    """Real nq-sample pairs on CPU; on the GPU preset, texts that fill exactly 32/128 tokens."""
+    n = (spec.warmup + spec.steps + 2) * spec.batch_size
+    if spec.preset == "cpu":
+        from qa_lib import load_pairs
+
+        if not NQ.exists():
+            sys.exit(f"benchmark data not found: {NQ} (the shared nq-sample-dlai dataset)")
+        pairs = load_pairs(NQ)
+        reps = -(-n // len(pairs))
+        return (pairs.questions * reps)[:n], (pairs.answers * reps)[:n]
+    from transformers import AutoTokenizer
+
+    vocab = [
+        w
+        for w in AutoTokenizer.from_pretrained(spec.model_dir).get_vocab()
+        if w.isalpha() and w.islower() and len(w) > 2
+    ]
+    rng = random.Random(0)
+    questions = [" ".join(rng.choices(vocab, k=40)) for _ in range(n)]  # truncated to 32 tokens
+    answers = [" ".join(rng.choices(vocab, k=160)) for _ in range(n)]  # truncated to 128 tokens
+    return questions, answers
+
+
+def prepare_model_dir(preset: str, folder: Path) -> str:
+    """The packaged MiniLM (cpu), or a random BERT-base-sized BERT saved with its tokenizer."""
+    from qa_lib.config import default_model_path
+
+    source = os.environ.get("QA_BENCH_TOKENIZER") or default_model_path()
+    if preset == "cpu":
+        return source
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source, **BERT_BASE)
+    AutoModel.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return str(folder)
+
+
+class Clock:
+    """Timestamps at step boundaries, synchronising the device first."""
+
+    def __init__(self, device: str):
+        self.device, self.marks = device, []
+
+    def mark(self) -> None:
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        self.marks.append(time.perf_counter())
+
+    def pairs_per_s(self, spec: Spec) -> float:
+        timed = self.marks[spec.warmup : spec.warmup + spec.steps + 1]
+        return spec.steps * spec.batch_size / (timed[-1] - timed[0])
+
+
+# ----------------------------------------------------------------------------- systems
+
+
+def run_plain(spec: Spec, questions, answers, clock: Clock) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(spec.model_dir)
+    q_model = AutoModel.from_pretrained(spec.model_dir).to(spec.device).train()
+    a_model = AutoModel.from_pretrained(spec.model_dir).to(spec.device).train()
+    params = list(q_model.parameters()) + list(a_model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=spec.lr)
+    b = spec.batch_size
+    for step in range(spec.warmup + spec.steps + 1):
+        clock.mark()
+        qs, as_ = questions[step * b : (step + 1) * b], answers[step * b : (step + 1) * b]
+        q_in = tok(
+            qs,
+            padding="max_length",
+            truncation=True,
+            max_length=spec.max_q_len,
+            return_tensors="pt",
+        ).to(spec.device)
+        a_in = tok(
+            as_,
+            padding="max_length",
+            truncation=True,
+            max_length=spec.max_a_len,
+            return_tensors="pt",
+        ).to(spec.device)
+        q_emb = q_model(**q_in).last_hidden_state[:, 0]
+        a_emb = a_model(**a_in).last_hidden_state[:, 0]
+        scores = q_emb @ a_emb.T
+        loss = torch.nn.functional.cross_entropy(scores, torch.arange(b, device=spec.device))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        print(f"step {step} loss {loss.item():.4f}", file=sys.stderr)  # as tutorials do
+
+
+def run_st(spec: Spec, questions, answers, clock: Clock) -> None:
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+        models,
+    )
+    from transformers import TrainerCallback
+
+    word = models.Transformer(spec.model_dir, max_seq_length=spec.max_a_len)
+    pooling = models.Pooling(word.get_word_embedding_dimension(), "mean")
+    model = SentenceTransformer(modules=[word, pooling], device=spec.device)
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            clock.mark()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            clock.mark()
+
+    out = tempfile.mkdtemp()
+    args = SentenceTransformerTrainingArguments(
+        output_dir=out,
+        per_device_train_batch_size=spec.batch_size,
+        learning_rate=spec.lr,
+        max_steps=spec.warmup + spec.steps,
+        warmup_ratio=0.1,
+        bf16=spec.device.startswith("cuda"),
+        save_strategy="no",
+        logging_steps=10_000,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_drop_last=True,
+        seed=0,
+        use_cpu=spec.device == "cpu",
+    )
+    data = Dataset.from_dict({"anchor": questions, "positive": answers})
+    loss = losses.MultipleNegativesRankingLoss(model)
+    SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=data, loss=loss, callbacks=[Timer()]
+    ).train()
+
+
+def run_qa_lib(
+    spec: Spec, questions, answers, clock: Clock, echo: bool = True, compile: bool = False
+) -> None:
+    import qa_lib.train as train_module
+    from qa_lib import DualEncoder, EncoderConfig, Pairs, TrainConfig, fit
+
+    step_fn = train_module.train_step
+
+    def timed_step(*args, **kwargs):
+        clock.mark()
+        return step_fn(*args, **kwargs)
+
+    train_module.train_step = timed_step
+    model = DualEncoder.from_config(
+        EncoderConfig(model=spec.model_dir, max_q_len=spec.max_q_len, max_a_len=spec.max_a_len)
+    )
+    config = TrainConfig(
+        batch_size=spec.batch_size,
+        lr=spec.lr,
+        num_epochs=1000,
+        max_steps=spec.warmup + spec.steps + 1,
+        echo_weight=1.0 if echo else 0.0,
+        device=spec.device,
+        grad_cache_chunk=spec.grad_cache_chunk,
+    )
+    n = (spec.warmup + spec.steps + 2) * spec.batch_size
+    fit(model, Pairs(questions[:n], answers[:n]), config=config, progress=False)
+
+
+def run_encode(spec: Spec, questions, answers) -> dict:
+    """passages/s: qa_lib encode_answers vs the raw forward pass vs sentence-transformers."""
+    import torch
+
+    from qa_lib import DualEncoder, EncoderConfig
+    from qa_lib.encoders import _autocast
+
+    texts = answers[: spec.encode_count]
+    model = DualEncoder.from_config(EncoderConfig(model=spec.model_dir, max_a_len=spec.max_a_len))
+    model.to(spec.device).eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    batches = [
+        model.tokenize([texts[i] for i in order[s : s + 64]], spec.max_a_len)
+        for s in range(0, len(order), 64)
+    ]
+    sync = torch.cuda.synchronize if spec.device.startswith("cuda") else (lambda: None)
+
+    def raw() -> None:
+        with torch.inference_mode(), _autocast(model.device):
+            for batch in batches:
+                model.embed_answers(batch)
+        sync()
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        start = time.perf_counter()
+        fn()
+        return len(texts) / (time.perf_counter() - start)
+
+    result = {
+        "raw_forward": timed(raw),
+        "qa_lib_encode": timed(lambda: model.encode_answers(texts, batch_size=64)),
+    }
+    try:
+        from sentence_transformers import SentenceTransformer, models
+
+        word = models.Transformer(spec.model_dir, max_seq_length=spec.max_a_len)
+        st = SentenceTransformer(
+            modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean")],
+            device=spec.device,
+        )
+        if spec.device.startswith("cuda"):
+            st = st.to(torch.bfloat16)
+        result["st_encode"] = timed(lambda: st.encode(texts, batch_size=64))
+    except ImportError:
+        pass
+    return result
+
+
+def worker(system: str, spec: Spec) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    questions, answers = load_texts(spec)
+    if spec.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    if system == "encode":
+        result = run_encode(spec, questions, answers)
+    else:
+        clock = Clock(spec.device)
+        runner = {
+            "plain": run_plain,
+            "st": run_st,
+            "qa_lib": run_qa_lib,
+            "qa_lib-noecho": lambda *a: run_qa_lib(*a, echo=False),
+        }[system]
+        runner(spec, questions, answers, clock)
+        result = {"pairs_per_s": clock.pairs_per_s(spec)}
+    result["wall_s"] = time.perf_counter() - start
+    if spec.device.startswith("cuda"):
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def flops_per_pair(spec: Spec, echo: bool) -> float:
+    """Model FLOPs to train on one pair: 6·N·T for the weights + attention, both towers."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(spec.model_dir)
+    d, layers = cfg.hidden_size, cfg.num_hidden_layers
+    n_weights = layers * (4 * d * d + 2 * d * cfg.intermediate_size)
+
+    def per_sequence(t: int) -> float:
+        return 6 * n_weights * t + 12 * layers * d * t * t
+
+    total = per_sequence(spec.max_q_len) + per_sequence(spec.max_a_len)
+    return total + (per_sequence(spec.max_q_len) if echo else 0.0)
+
+
+def matmul_tflops() -> float:
+    """The bf16 matrix-product ceiling measured on this GPU (8192³, median of 10)."""
+    import torch
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    times = []
+    for i in range(13):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 2 * 8192**3 / sorted(times)[len(times) // 2] / 1e12
+
+
+def run_worker(system: str, spec: Spec) -> dict:
+    cmd = [sys.executable, __file__, "--worker", system, "--spec", json.dumps(asdict(spec))]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-5:]
+        return {"error": " | ".join(tail)}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(results: dict, spec: Spec) -> str:
+    base = results.get("st", {}).get("pairs_per_s")
+    lines = [
+        f"| training loop ({spec.preset}, batch {spec.batch_size}, {spec.device}) | pairs/s "
+        "| × st | peak memory (MiB) | MFU |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if name == "encode" or "pairs_per_s" not in r:
+            if "error" in r:
+                lines.append(f"| {name} | failed: {r['error'][:80]} | | | |")
+            continue
+        ratio = f"{r['pairs_per_s'] / base:.2f}" if base else "-"
+        mem = r.get("peak_gpu_mib", r["peak_rss_mib"])
+        mfu = f"{r['mfu']:.0%}" if "mfu" in r else "-"
+        lines.append(f"| {name} | {r['pairs_per_s']:.1f} | {ratio} | {mem:.0f} | {mfu} |")
+    enc = results.get("encode", {})
+    if "raw_forward" in enc:
+        lines += ["", "| encoding (answers) | passages/s | × raw forward |", "|---|---|---|"]
+        for key in ("raw_forward", "qa_lib_encode", "st_encode"):
+            if key in enc:
+                lines.append(f"| {key} | {enc[key]:.1f} | {enc[key] / enc['raw_forward']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--systems", default="plain,st,qa_lib,qa_lib-noecho,encode")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument(
+        "--grad-cache",
+        action="store_true",
+        help="also train batch 4096 (GPU) / 512 (CPU) with gradient caching",
+    )
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.worker:
+        print(json.dumps(worker(args.worker, Spec(**json.loads(args.spec)))))
+        return
+    import torch
+
+    gpu = args.preset == "gpu"
+    if gpu and not torch.cuda.is_available():
+        sys.exit("--preset gpu needs a CUDA device")
+    spec = Spec(
+        preset=args.preset,
+        device="cuda" if gpu else "cpu",
+        batch_size=args.batch_size or (128 if gpu else 32),
+        warmup=args.warmup or (5 if gpu else 2),
+        steps=args.steps or (20 if gpu else 8),
+        encode_count=20_000 if gpu else 1000,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        spec.model_dir = prepare_model_dir(args.preset, Path(tmp))
+        results = {}
+        for system in args.systems.split(","):
+            print(f"running {system} ...", file=sys.stderr, flush=True)
+            results[system] = run_worker(system, spec)
+            print(f"  {results[system]}", file=sys.stderr, flush=True)
+        if args.grad_cache:
+            big = Spec(
+                **{
+                    **asdict(spec),
+                    "batch_size": 4096 if gpu else 512,
+                    "warmup": 1,
+                    "steps": 2,
+                    "grad_cache_chunk": 128 if gpu else 32,
+                }
+            )
+            results[f"qa_lib batch {big.batch_size} + grad cache"] = run_worker("qa_lib", big)
+        ceiling = matmul_tflops() if gpu else None
+        for r in results.values():
+            if ceiling and "pairs_per_s" in r:
+                useful = flops_per_pair(spec, echo=False)  # q + a per pair, as in the issue
+                r["mfu"] = r["pairs_per_s"] * useful / (ceiling * 1e12)
+    record = {
+        "spec": asdict(spec),
+        "results": results,
+        "bf16_matmul_tflops": ceiling,
+        "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name()
+        if gpu
+        else os.uname().machine + f", {os.cpu_count()} cores",
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(results, spec)
+    (out / f"throughput-{args.preset}.json").write_text(json.dumps(record, indent=2))
+    (out / f"throughput-{args.preset}.md").write_text(text + "\n")
+    print(text)
+    if ceiling:
+        print(
+            f"\nbf16 matmul ceiling measured: {ceiling:.0f} TFLOP/s; MFU counts q + a FLOPs "
+            f"per pair ({flops_per_pair(spec, echo=False) / 1e9:.0f} GFLOP)"
+        )
+
+
+if __name__ == "__main__":
+    main()
