@@ -59,7 +59,8 @@ class TrainConfig:
     echo_weight: float = 1.0  # weight of the question-echo negative (0 = plain in-batch loss)
     seed: int = 0  # seeds data order, dropout and any random init
     max_steps: int | None = None  # stop after this many optimiser steps (None = all epochs)
-    answer_chunks: int = 4  # encode each batch's answers in this many length-sorted chunks
+    answer_chunks: int | None = None  # length-sorted chunks per batch of answers; None = 4 on
+    # CPU (less padding computed), 1 on CUDA (fewer kernel launches)
     grad_cache_chunk: int | None = None  # gradient caching: rows per forward pass (None = off)
     compile: bool = False  # torch.compile the towers (pays off on GPU for long runs)
     log_every: int | None = None  # steps between loss read-backs; None = 1 on CPU, 10 on CUDA

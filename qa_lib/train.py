@@ -167,8 +167,9 @@ def train_step(model: DualEncoder, data: TokenizedPairs, idx: list[int], config:
     with _autocast(model.device):
         q_batch = collate(q_ids, data.pad_id)
         q_emb = model.embed_questions(q_batch)
+        chunks = config.answer_chunks or (1 if model.device.type == "cuda" else 4)
         a_emb = embed_in_chunks(
-            model.embed_answers, [data.a_ids[i] for i in idx], data.pad_id, config.answer_chunks
+            model.embed_answers, [data.a_ids[i] for i in idx], data.pad_id, chunks
         )
         echo_emb = model.embed_answers(q_batch) if config.echo_weight > 0 else None
         loss = in_batch_loss(
