@@ -234,6 +234,7 @@ def run_qa_lib(
         echo_weight=1.0 if echo else 0.0,
         device=spec.device,
         grad_cache_chunk=spec.grad_cache_chunk,
+        compile=compile,
     )
     n = (spec.warmup + spec.steps + 2) * spec.batch_size
     fit(model, Pairs(questions[:n], answers[:n]), config=config, progress=False)

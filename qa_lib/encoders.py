@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
+import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -159,10 +162,7 @@ class DualEncoder(nn.Module):
     # ------------------------------------------------------------------ differentiable path
     def tokenize(self, texts: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
         """Tokenise and pad to the longest text (at most ``max_len`` tokens)."""
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
-        )
-        return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        return _tokenize(self.tokenizer, texts, max_len)
 
     def _embed(self, encoder: nn.Module, head: nn.Module, batch: dict) -> torch.Tensor:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -186,13 +186,25 @@ class DualEncoder(nn.Module):
 
     # ------------------------------------------------------------------ inference
     def _batches(self, texts: Sequence[str], max_len: int, batch_size: int) -> Iterator:
-        """Length-sorted tokenised batches (pinned on CUDA for asynchronous copies)."""
+        """Length-sorted tokenised batches, prepared by background threads.
+
+        The tokeniser releases the GIL, so several threads tokenise the next batches while the
+        model runs on this one (host memory is pinned on CUDA for asynchronous copies).
+        """
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         pin = self.device.type == "cuda"
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = self.tokenize([texts[i] for i in idx], max_len)
-            yield idx, {k: v.pin_memory() for k, v in batch.items()} if pin else batch
+        workers = 1 if self.device.type == "cpu" else min(8, os.cpu_count() or 1)
+        local = threading.local()  # one tokenizer copy per thread: fast tokenizers are not
+        # safe to call from several threads at once
+
+        def prepare(idx: list[int]) -> tuple[list[int], dict]:
+            if not hasattr(local, "tokenizer"):
+                local.tokenizer = copy.deepcopy(self.tokenizer) if workers > 1 else self.tokenizer
+            batch = _tokenize(local.tokenizer, [texts[i] for i in idx], max_len)
+            return idx, {k: v.pin_memory() for k, v in batch.items()} if pin else batch
+
+        chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        return _prefetched(prepare, chunks, workers)
 
     @torch.inference_mode()
     def _encode(self, texts, tower: str, batch_size: int, progress: bool) -> torch.Tensor:
@@ -206,7 +218,7 @@ class DualEncoder(nn.Module):
         self.eval()
         try:
             total = -(-len(texts) // batch_size)
-            batches = _prefetched(self._batches(texts, max_len, batch_size))
+            batches = self._batches(texts, max_len, batch_size)
             bar = tqdm(batches, total=total, desc=f"encode {tower}s", disable=not progress)
             for idx, batch in bar:
                 with _autocast(self.device):
@@ -325,16 +337,26 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def _prefetched(items: Iterator) -> Iterator:
-    """Yield from ``items`` while a background thread prepares the next item.
+def _tokenize(tokenizer, texts: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
+    batch = tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+    )
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
-    Tokenising the next batch then overlaps with the model's forward pass on this one.
+
+def _prefetched(fn: Callable, items: Sequence, workers: int = 1) -> Iterator:
+    """Yield ``fn(item)`` in order while background threads compute the next few.
+
+    At most ``2 * workers`` results are in flight, so memory stays bounded on a large corpus.
     """
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        upcoming = pool.submit(next, items, None)
-        while (item := upcoming.result()) is not None:
-            upcoming = pool.submit(next, items, None)
-            yield item
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _autocast(device: torch.device):

@@ -95,3 +95,9 @@ def test_packaged_model_loads_offline():
         ["Paris is the capital of France.", "Bananas are yellow."],
     )
     assert scores[0, 0] > scores[0, 1]
+
+
+def test_prefetched_keeps_order_with_several_threads():
+    from qa_lib.encoders import _prefetched
+
+    assert list(_prefetched(lambda x: x * x, range(50), workers=4)) == [x * x for x in range(50)]
