@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import shutil
-import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -186,25 +184,21 @@ class DualEncoder(nn.Module):
 
     # ------------------------------------------------------------------ inference
     def _batches(self, texts: Sequence[str], max_len: int, batch_size: int) -> Iterator:
-        """Length-sorted tokenised batches, prepared by background threads.
+        """Length-sorted tokenised batches, prepared by a background thread.
 
-        The tokeniser releases the GIL, so several threads tokenise the next batches while the
-        model runs on this one (host memory is pinned on CUDA for asynchronous copies).
+        The tokeniser releases the GIL, so the next batches are tokenised while the model runs
+        on this one (host memory is pinned on CUDA for asynchronous copies). One thread: on an
+        H200, eight threads were slower than one (2,040 vs 3,329 passages/s).
         """
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         pin = self.device.type == "cuda"
-        workers = 1 if self.device.type == "cpu" else min(8, os.cpu_count() or 1)
-        local = threading.local()  # one tokenizer copy per thread: fast tokenizers are not
-        # safe to call from several threads at once
 
         def prepare(idx: list[int]) -> tuple[list[int], dict]:
-            if not hasattr(local, "tokenizer"):
-                local.tokenizer = copy.deepcopy(self.tokenizer) if workers > 1 else self.tokenizer
-            batch = _tokenize(local.tokenizer, [texts[i] for i in idx], max_len)
+            batch = self.tokenize([texts[i] for i in idx], max_len)
             return idx, {k: v.pin_memory() for k, v in batch.items()} if pin else batch
 
         chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-        return _prefetched(prepare, chunks, workers)
+        return _prefetched(prepare, chunks, workers=1)
 
     @torch.inference_mode()
     def _encode(self, texts, tower: str, batch_size: int, progress: bool) -> torch.Tensor:
