@@ -59,6 +59,7 @@ class TrainConfig:
     echo_weight: float = 1.0  # weight of the question-echo negative (0 = plain in-batch loss)
     seed: int = 0  # seeds data order, dropout and any random init
     max_steps: int | None = None  # stop after this many optimiser steps (None = all epochs)
+    checkpoint_every: int | None = None  # also checkpoint every N steps; None = epoch ends only
     answer_chunks: int = 4  # encode each batch's answers in this many length-sorted chunks
     eval_batch_size: int = 64  # texts per forward pass when encoding for validation
     device: str | None = None  # "cpu", "cuda", ...; None = cuda if available else cpu
