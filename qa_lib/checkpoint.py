@@ -155,9 +155,12 @@ def _load_verified(manifest: Path) -> tuple[dict | None, str]:
     if _sha256(path) != expected.get("sha256"):
         return None, "its sha256 does not match the manifest"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), ""
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         return None, f"torch.load failed: {type(exc).__name__}"
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        return None, f"written in another layout than this qa_lib reads (format {FORMAT})"
+    return state, ""
 
 
 def _sha256(path: Path) -> str:

@@ -89,6 +89,17 @@ def test_a_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog,
     assert reason in record.getMessage()
 
 
+def test_a_checkpoint_of_another_layout_is_skipped(tmp_path, caplog, monkeypatch):
+    import qa_lib.checkpoint as checkpoint_module
+
+    save_checkpoint(tmp_path, _state(1))
+    monkeypatch.setattr(checkpoint_module, "FORMAT", checkpoint_module.FORMAT + 1)
+    save_checkpoint(tmp_path, _state(2))
+    monkeypatch.undo()
+    assert load_latest_checkpoint(tmp_path)["step"] == 1
+    assert "another layout" in caplog.text
+
+
 def test_a_checkpoint_without_its_manifest_does_not_count(tmp_path, caplog):
     save_checkpoint(tmp_path, _state(1))
     save_checkpoint(tmp_path, _state(2))
