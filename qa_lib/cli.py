@@ -32,6 +32,7 @@ TABLE_KEYS = (
 
 
 def _versions() -> dict[str, str]:
+    import numpy
     import torch
     import transformers
 
@@ -41,15 +42,40 @@ def _versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
         "qa_lib": qa_lib.__version__,
     }
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
+def _check_out_dir(out: Path, overwrite: bool, resume: bool = False) -> None:
+    if overwrite and resume:
+        raise QAError("--overwrite starts afresh and --resume continues; pass only one of them")
     if out.exists() and not out.is_dir():
         raise QAError(f"--out {out}: is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise QAError(f"--out {out}: folder is not empty; choose a new folder or pass --overwrite")
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+        raise QAError(
+            f"--out {out}: folder is not empty; choose a new folder, pass --overwrite, or "
+            f"--resume to continue the run saved there"
+        )
+
+
+def _run_record(args, model, config: TrainConfig, train, history) -> dict:
+    """What metrics.json records so a run can be reproduced: seed, versions, model, data, config."""
+    from qa_lib.config import DEFAULT_MODEL, resolve_model_name
+
+    return {
+        "seed": config.seed,
+        "versions": _versions(),
+        "model": model.config.model or DEFAULT_MODEL,
+        "model_path": resolve_model_name(model.config.model),
+        "data": args.data,
+        "data_fingerprint": train.fingerprint(),
+        "n_train": len(train),
+        "encoder": asdict(model.config),
+        "train": asdict(config),
+        "argv": args.argv,
+        "history": history.as_dict(),
+    }
 
 
 def format_table(results: dict[str, dict[str, float]], keys=TABLE_KEYS) -> str:
@@ -83,6 +109,7 @@ def _train_config(args) -> TrainConfig:
         lr=args.lr,
         seed=args.seed,
         max_steps=args.max_steps,
+        checkpoint_every=getattr(args, "checkpoint_every", None),
         echo_weight=args.echo_weight,
         scale=args.scale,
         device=args.device,
@@ -120,7 +147,7 @@ def cmd_train(args) -> dict:
     from qa_lib.train import fit
 
     out = Path(args.out)
-    _check_out_dir(out, args.overwrite)
+    _check_out_dir(out, args.overwrite, args.resume)
     train = load_pairs(args.data, args.split, seed=args.seed, drop_incomplete=args.drop_incomplete)
     val = None
     if args.val_split != "none":
@@ -133,22 +160,16 @@ def cmd_train(args) -> dict:
     model = DualEncoder.from_config(_encoder_config(args), seed=args.seed)
     config = _train_config(args)
     start = time.perf_counter()
-    history = fit(model, train, val, config, out_dir=out, progress=not args.quiet)
-    record = {
-        "seed": args.seed,
-        "versions": _versions(),
-        "data": args.data,
-        "data_fingerprint": train.fingerprint(),
-        "n_train": len(train),
-        "encoder": asdict(model.config),
-        "train": asdict(config),
-        "history": history.as_dict(),
-        "train_seconds": time.perf_counter() - start,
-    }
+    history = fit(
+        model, train, val, config, out_dir=out, progress=not args.quiet, resume=args.resume
+    )
+    record = _run_record(args, model, config, train, history)
+    record["train_seconds"] = time.perf_counter() - start  # this session only, when resumed
     record["plots"] = _save_plots(out, history, None)
     write_json(out / "metrics.json", record)
+    resumed = f" (resumed at step {history.resumed_from})" if history.resumed_from else ""
     print(
-        f"trained {len(history.step_loss)} steps; best epoch {history.best_epoch}; "
+        f"trained {len(history.step_loss)} steps{resumed}; best epoch {history.best_epoch}; "
         f"models in {out / 'best'} and {out / 'last'}"
     )
     return record
@@ -219,15 +240,9 @@ def cmd_quickstart(args) -> dict:
         plot_metric_bars(results, chance=after["chance_recall@1"]), out / "test_metrics.png"
     )
     record = {
-        "seed": args.seed,
-        "versions": _versions(),
-        "data": args.data,
-        "data_fingerprint": train.fingerprint(),
-        "encoder": asdict(model.config),
-        "train": asdict(config),
+        **_run_record(args, model, config, train, history),
         "test": results,
         "demo": {"untrained": demo_before, "trained": demo_after},
-        "history": history.as_dict(),
         "plots": plots + ["test_metrics.png"],
         "wall_seconds": time.perf_counter() - start,
     }
@@ -288,6 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip rows with an empty question or answer instead of failing",
     )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also checkpoint every N steps (a checkpoint is always written after each epoch)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last complete checkpoint "
+        "(pass the same options as the first time)",
+    )
     _add_model_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -308,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)

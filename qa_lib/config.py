@@ -59,6 +59,7 @@ class TrainConfig:
     echo_weight: float = 1.0  # weight of the question-echo negative (0 = plain in-batch loss)
     seed: int = 0  # seeds data order, dropout and any random init
     max_steps: int | None = None  # stop after this many optimiser steps (None = all epochs)
+    checkpoint_every: int | None = None  # also checkpoint every N steps; None = epoch ends only
     answer_chunks: int | None = None  # length-sorted chunks per batch of answers; None = 4 on
     # CPU (less padding computed), 1 on CUDA (fewer kernel launches)
     grad_cache_chunk: int | None = None  # gradient caching: rows per forward pass (None = off)

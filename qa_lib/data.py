@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import reprlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -32,6 +33,8 @@ ANSWER_COLUMNS = ("answer", "answers", "passage", "context", "response", "text",
 SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 _WS = re.compile(r"\s+")
+_SHORT = reprlib.Repr()  # shortens column lists and values quoted in error messages
+_SHORT.maxlist, _SHORT.maxstring, _SHORT.maxother = 8, 40, 40
 
 
 @dataclass
@@ -217,15 +220,14 @@ def _pick_column(
     if wanted is not None:
         if wanted in columns:
             return wanted
-        raise QAError(
-            f"{where}: no column {wanted!r} (found {list(columns)}); pass an existing one"
-        )
+        found = _SHORT.repr(list(columns))
+        raise QAError(f"{where}: no column {wanted!r} (found {found}); pass an existing one")
     for alias in aliases:
         if alias in lowered:
             return lowered[alias]
     raise QAError(
-        f"{where}: no {role} column (found {list(columns)}); name it one of {list(aliases[:4])} "
-        f"or pass {role}_column=..."
+        f"{where}: no {role} column (found {_SHORT.repr(list(columns))}); name it one of "
+        f"{list(aliases[:4])} or pass {role}_column=..."
     )
 
 
@@ -278,15 +280,27 @@ def _read_delimited(path: Path, encoding: str) -> list[dict]:
     return rows
 
 
+def _parse_json(text: str, where: str) -> object:
+    """``json.loads`` with one clear error for anything the parser rejects."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QAError(
+            f"{where} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it"
+        ) from None
+    except RecursionError:
+        raise QAError(f"{where} is JSON nested too deeply to read; flatten it") from None
+    except ValueError as exc:  # e.g. an integer with more than 4300 digits
+        reason = str(exc).split(";")[0][:80]
+        raise QAError(f"{where} cannot be read as JSON ({reason}); fix the value") from None
+
+
 def _read_jsonl(path: Path, encoding: str) -> list[dict]:
     rows = []
     for number, line in enumerate(_read_text(path, encoding).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise QAError(f"{path}: line {number} is not valid JSON ({exc.msg}); fix it") from None
+        row = _parse_json(line, f"{path}: line {number}")
         if not isinstance(row, dict):
             raise QAError(f"{path}: line {number} is not a JSON object; one object per line")
         rows.append(row)
@@ -301,24 +315,35 @@ def _read_squad(data: dict, where: str) -> Pairs:
                 for qa in paragraph["qas"]:
                     questions.append(qa["question"])
                     answers.append(paragraph["context"])
-                    groups.append(article.get("title", ""))
-    except (KeyError, TypeError) as exc:
+                    groups.append(str(article.get("title", "")))
+    except (KeyError, TypeError, AttributeError) as exc:
+        reason = f"missing {exc}" if isinstance(exc, KeyError) else "a value of the wrong type"
         raise QAError(
-            f"{where}: not SQuAD-shaped (missing {exc}); expected data/paragraphs/qas"
+            f"{where}: not SQuAD-shaped ({reason}); expected data/paragraphs/qas"
         ) from None
+    for number, (q, a) in enumerate(zip(questions, answers), start=1):
+        if not isinstance(q, str) or not isinstance(a, str):
+            raise QAError(f"{where}: question {number} or its context is not text; fix it")
     return Pairs(questions, answers, groups=groups, name=where)
 
 
 def _read_json(path: Path, encoding: str) -> Pairs | list[dict]:
-    try:
-        data = json.loads(_read_text(path, encoding))
-    except json.JSONDecodeError as exc:
-        raise QAError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = _parse_json(_read_text(path, encoding), str(path))
     if isinstance(data, dict) and "data" in data:
         return _read_squad(data, str(path))
     if isinstance(data, list) and all(isinstance(r, dict) for r in data):
         return data
     raise QAError(f"{path}: expected a SQuAD file or a list of objects; use .jsonl for rows")
+
+
+def _qrel_score(value: object, qrels: Path, line: int) -> float:
+    """A qrels relevance score; an empty one counts as relevant (1)."""
+    try:
+        return float(value or 1)
+    except (TypeError, ValueError):
+        raise QAError(
+            f"{qrels}: row {line} has score {_SHORT.repr(value)}, not a number; fix or remove it"
+        ) from None
 
 
 def _read_beir(folder: Path) -> Pairs:
@@ -338,9 +363,11 @@ def _read_beir(folder: Path) -> Pairs:
         raise QAError(f"{folder}/qrels: no <split>.tsv files; a BEIR folder needs qrels/test.tsv")
     for qrels in qrel_files:
         split = {"dev": "validation", "val": "validation"}.get(qrels.stem, qrels.stem)
-        for row in _read_delimited(qrels, "utf-8"):
+        for line, row in enumerate(_read_delimited(qrels, "utf-8"), start=2):
             qid, did = str(row.get("query-id")), str(row.get("corpus-id"))
-            if float(row.get("score") or 1) <= 0 or qid not in query_text or did not in doc_text:
+            if _qrel_score(row.get("score"), qrels, line) <= 0:
+                continue
+            if qid not in query_text or did not in doc_text:
                 continue
             questions.append(query_text[qid])
             answers.append(doc_text[did])

@@ -353,6 +353,25 @@ def _prefetched(fn: Callable, items: Sequence, workers: int = 1) -> Iterator:
             yield pending.popleft().result()
 
 
+def recover_interrupted_saves(folder: str | os.PathLike) -> None:
+    """Tidy up after a :meth:`DualEncoder.save` that a crash interrupted.
+
+    Half-written temporary folders are removed; a model caught between the two renames of
+    the swap (the old copy moved aside, the new one not yet in place) is put back.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for tmp in folder.glob(".*.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in folder.glob(".*.old-*"):
+        target = folder / old.name[1:].rsplit(".old-", 1)[0]
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, target)
+
+
 def _autocast(device: torch.device):
     """bf16 autocast on CUDA; a no-op context elsewhere."""
     if device.type == "cuda":

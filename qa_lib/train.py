@@ -6,15 +6,23 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from qa_lib.checkpoint import (
+    capture_rng,
+    clear_checkpoints,
+    load_latest_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from qa_lib.config import TrainConfig
 from qa_lib.data import Pairs
-from qa_lib.encoders import DualEncoder, _autocast
+from qa_lib.encoders import DualEncoder, _autocast, recover_interrupted_saves
 from qa_lib.errors import QAError
 from qa_lib.evaluate import evaluate
 from qa_lib.losses import in_batch_loss
@@ -30,6 +38,7 @@ class History:
     epochs: list[dict] = field(default_factory=list)  # per epoch: mean loss + validation metrics
     chance_loss: float = 0.0  # loss of a model that cannot tell answers apart: ln(candidates)
     best_epoch: int | None = None  # epoch with the best validation mrr@10 (1-based)
+    resumed_from: int | None = None  # step of the checkpoint this run resumed from, if any
 
     def as_dict(self) -> dict:
         return {
@@ -37,7 +46,20 @@ class History:
             "epochs": self.epochs,
             "chance_loss": self.chance_loss,
             "best_epoch": self.best_epoch,
+            "resumed_from": self.resumed_from,
         }
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint holds besides weights, optimiser and RNG states."""
+
+    step: int = 0  # optimiser steps done
+    epoch: int = 0  # the current epoch (0-based)
+    batch: int = 0  # batches of the current epoch done
+    batches: list[list[int]] | None = None  # the current epoch's data order (row indices)
+    losses: list[float] = field(default_factory=list)  # the current epoch's step losses
+    best: tuple[float, float, int] | None = None  # best validation score so far (see fit)
 
 
 @dataclass
@@ -185,25 +207,17 @@ def train_step(model: DualEncoder, data: TokenizedPairs, idx: list[int], config:
     return loss.detach()
 
 
-def read_losses(pending: list[torch.Tensor], step: int) -> list[float]:
-    """Read queued losses back in one host sync; stop on the first that is not finite.
-
-    Args:
-        pending: loss tensors of the steps up to ``step``, oldest first.
-        step: the number of optimiser steps taken so far.
-
-    Raises:
-        QAError: a loss is NaN or infinite; the message names its step.
-    """
-    values = torch.stack(pending).float().tolist() if pending else []
-    for offset, value in enumerate(values):
-        if not math.isfinite(value):
-            bad = step - len(values) + offset + 1
-            raise QAError(
-                f"the loss became {value} at step {bad}; lower --lr or the scale, or check the "
-                f"data (the last good model is still in the output folder)"
-            )
-    return values
+# Settings that may change when a run is resumed; every other one must match the checkpoint.
+# (The last four change how the loss is computed or read back, not what it is.)
+RESUME_FREE = (
+    "device",
+    "checkpoint_every",
+    "eval_batch_size",
+    "log_every",
+    "compile",
+    "answer_chunks",
+    "grad_cache_chunk",
+)
 
 
 def fit(
@@ -213,6 +227,7 @@ def fit(
     config: TrainConfig | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> History:
     """Train both towers with the in-batch contrastive loss.
 
@@ -223,20 +238,28 @@ def fit(
         config: optimisation settings; None = ``TrainConfig()``.
         out_dir: if given, ``out_dir/last`` (every epoch) and ``out_dir/best`` (best
             validation MRR@10, ties to the lower echo rate; without validation, the last
-            epoch) are saved there.
+            epoch) are saved there, and checkpoints go to ``out_dir/checkpoints`` (every
+            epoch, and every ``config.checkpoint_every`` steps; deleted when the run finishes).
         progress: show a tqdm bar with the running loss.
+        resume: continue from the newest complete checkpoint in ``out_dir``, with the same
+            model, data and settings; the result equals an uninterrupted run's.
 
     Returns:
-        The loss per step and the validation metrics per epoch.
+        The loss per step and the validation metrics per epoch (of the whole run, when resumed).
 
     Raises:
-        QAError: too few pairs for one batch, or the loss became NaN or infinite.
+        QAError: too few pairs for one batch, the loss became NaN or infinite, or nothing
+            (or something different) to resume from.
     """
     from tqdm.auto import tqdm
 
     config = config or TrainConfig()
     if len(train) < 2:
         raise QAError(f"{train.name or 'training data'}: need at least 2 pairs to train")
+    if resume and out_dir is None:
+        raise QAError("resume=True needs out_dir, the folder of the interrupted run")
+    if config.checkpoint_every is not None and config.checkpoint_every < 1:
+        raise QAError(f"checkpoint_every={config.checkpoint_every}: give a number of steps >= 1")
     seed_everything(config.seed)
     prepare_model(model, config)
     data = tokenize_pairs(model, train)
@@ -247,53 +270,180 @@ def fit(
     optimizer, scheduler = make_optimizer(model, config, total)
     batch = min(config.batch_size, len(train))
     echo = config.echo_weight if config.echo_weight > 0 else 0.0
-    history = History(chance_loss=math.log(batch + echo))
-    best: tuple[float, float, int] | None = None
-    bar = tqdm(total=total, desc="train", disable=not progress, dynamic_ncols=True)
+    history, run = History(chance_loss=math.log(batch + echo)), RunState()
+    identity = _identity(config, model, train.fingerprint())
+    checkpoint = partial(_checkpoint, out_dir, model, optimizer, scheduler, identity)
+    if resume:
+        history, run = _resume(out_dir, model, optimizer, scheduler, identity)
+    elif out_dir is not None:
+        clear_checkpoints(out_dir)
+    bar = tqdm(
+        total=total, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True
+    )
+    # CPU: read every loss back at once; CUDA: every 10 steps, so the host queues work ahead
     sync_every = config.log_every or (10 if model.device.type == "cuda" else 1)
-    step = 0
-    for epoch in range(config.num_epochs):
-        losses: list[float] = []
-        pending: list[torch.Tensor] = []  # losses not yet read back (no host sync per step)
-        for idx in epoch_batches(len(train), config.batch_size, config.seed, epoch):
-            if step >= total:
+    pending: list | None = None if sync_every == 1 else []  # steps not yet read back
+    while run.epoch < config.num_epochs and run.step < total:
+        run.batches = run.batches or epoch_batches(
+            len(train), config.batch_size, config.seed, run.epoch
+        )
+        for idx in run.batches[run.batch :]:
+            if run.step >= total:
                 break
-            pending.append(train_step(model, data, idx, config))
-            if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if len(pending) >= sync_every or step >= total:
-                losses += read_losses(pending, step)
-                bar.update(len(pending))
-                bar.set_postfix(
-                    epoch=epoch + 1,
-                    loss=f"{sum(losses[-20:]) / 20:.3f}"
-                    if len(losses) >= 20
-                    else f"{sum(losses) / len(losses):.3f}",
-                )
-                pending = []
-        losses += read_losses(pending, step)
-        bar.update(len(pending))
-        history.step_loss.extend(losses)
-        record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "steps": step}
-        if val is not None and len(val):
-            metrics = evaluate(model, val, config.eval_batch_size)
-            record.update({k: metrics[k] for k in ("recall@1", "mrr@10", "question_echo_rate")})
-        history.epochs.append(record)
-        # best = highest validation MRR@10; ties go to the lower echo rate, then the later epoch
-        score = (record.get("mrr@10", 0.0), -record.get("question_echo_rate", 0.0), epoch)
-        improved = best is None or score > best
-        if improved:
-            best, history.best_epoch = score, epoch + 1
-        if out_dir is not None:
-            model.save(Path(out_dir) / "last")
-            if improved:
-                model.save(Path(out_dir) / "best")
-        log.info("epoch %d: %s", epoch + 1, record)
-        if step >= total:
-            break
+            loss = train_step(model, data, idx, config)
+            _apply_step(model, optimizer, scheduler, config, loss, run, out_dir, pending)
+            due = _checkpoint_due(config, run, total)
+            if pending and (due or len(pending) >= sync_every):
+                _read_back(pending, run, out_dir)
+            bar.update()
+            if run.losses:
+                recent = run.losses[-20:]
+                bar.set_postfix(epoch=run.epoch + 1, loss=f"{sum(recent) / len(recent):.3f}")
+            if due:
+                checkpoint(run, history)
+        if pending:
+            _read_back(pending, run, out_dir)
+        _finish_epoch(model, val, config, run, history, out_dir)
+        if run.epoch < config.num_epochs and run.step < total:
+            checkpoint(run, history)
     bar.close()
+    if out_dir is not None:
+        clear_checkpoints(out_dir)  # finished: best/ and last/ hold the result
     return history
+
+
+def _apply_step(
+    model, optimizer, scheduler, config, loss: torch.Tensor, run: RunState, out_dir, pending
+) -> None:
+    """Clip, step the optimiser and the schedule, count the step.
+
+    With ``pending`` None the loss and gradient norm are checked first, so nothing non-finite
+    reaches the weights; otherwise they are queued for :func:`_read_back` (no host sync now).
+    """
+    max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf  # inf: check only
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if pending is None:
+        _check_finite("loss", loss.item(), run.step, out_dir)
+        _check_finite("gradient norm", norm.item(), run.step, out_dir)
+        run.losses.append(loss.item())
+    else:
+        pending.append((run.step, loss, norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    run.step, run.batch = run.step + 1, run.batch + 1
+
+
+def _read_back(pending: list, run: RunState, out_dir) -> None:
+    """Read queued losses and gradient norms in one host sync; stop at the first non-finite."""
+    values = torch.stack([torch.stack([loss.float(), norm.float()]) for _, loss, norm in pending])
+    for (step, _, _), (loss, norm) in zip(pending, values.tolist()):
+        _check_finite("loss", loss, step, out_dir)
+        _check_finite("gradient norm", norm, step, out_dir)
+        run.losses.append(loss)
+    pending.clear()
+
+
+def _check_finite(what: str, value: float, step: int, out_dir: str | Path | None) -> None:
+    """Stop before a NaN or infinite value reaches the weights (or a checkpoint)."""
+    if math.isfinite(value):
+        return
+    kept = f" (the models and checkpoints saved before are kept in {out_dir})" if out_dir else ""
+    raise QAError(
+        f"the {what} became {value} at step {step + 1}; lower --lr or the scale, "
+        f"or check the data{kept}"
+    )
+
+
+def _checkpoint_due(config: TrainConfig, run: RunState, total: int) -> bool:
+    """A mid-epoch checkpoint every ``checkpoint_every`` steps (epoch ends have their own)."""
+    every = config.checkpoint_every
+    mid_epoch = run.batch < len(run.batches) and run.step < total
+    return bool(every) and mid_epoch and run.step % every == 0
+
+
+def _finish_epoch(
+    model: DualEncoder,
+    val: Pairs | None,
+    config: TrainConfig,
+    run: RunState,
+    history: History,
+    out_dir: str | Path | None,
+) -> None:
+    """Record the epoch, validate, save ``last`` (and ``best`` if it improved), move on."""
+    history.step_loss.extend(run.losses)
+    losses, epoch = run.losses, run.epoch
+    record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "steps": run.step}
+    if val is not None and len(val):
+        metrics = evaluate(model, val, config.eval_batch_size)
+        record.update({k: metrics[k] for k in ("recall@1", "mrr@10", "question_echo_rate")})
+    history.epochs.append(record)
+    # best = highest validation MRR@10; ties go to the lower echo rate, then the later epoch
+    score = (record.get("mrr@10", 0.0), -record.get("question_echo_rate", 0.0), epoch)
+    improved = run.best is None or score > tuple(run.best)
+    if improved:
+        run.best, history.best_epoch = score, epoch + 1
+    if out_dir is not None:
+        model.save(Path(out_dir) / "last")
+        if improved:
+            model.save(Path(out_dir) / "best")
+    log.info("epoch %d: %s", epoch + 1, record)
+    run.epoch, run.batch, run.batches, run.losses = epoch + 1, 0, None, []
+
+
+def _checkpoint(
+    out_dir, model, optimizer, scheduler, identity: dict, run: RunState, history: History
+) -> None:
+    """Save everything needed to continue from here (a no-op without ``out_dir``)."""
+    if out_dir is None:
+        return
+    state = {
+        "step": run.step,
+        "run": asdict(run),
+        "history": history.as_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng(),
+        "identity": identity,
+    }
+    save_checkpoint(out_dir, state)
+
+
+def _identity(config: TrainConfig, model: DualEncoder, fingerprint: str) -> dict:
+    """What must not change between a run and its resumption: settings, model, data."""
+    train = {f"train.{k}": v for k, v in asdict(config).items() if k not in RESUME_FREE}
+    encoder = {f"model.{k}": v for k, v in asdict(model.config).items()}
+    return {**train, **encoder, "data fingerprint": fingerprint}
+
+
+def _resume(
+    out_dir: str | Path, model, optimizer, scheduler, identity: dict
+) -> tuple[History, RunState]:
+    """Load the newest complete checkpoint into the model, optimiser, scheduler and RNGs.
+
+    Returns:
+        The history so far and where to continue.
+    """
+    state = load_latest_checkpoint(out_dir)
+    if state is None:
+        raise QAError(
+            f"{out_dir}: no complete checkpoint to resume from (none was written yet, or the "
+            f"run finished); start a fresh run instead (without --resume, with --overwrite)"
+        )
+    saved = state["identity"]
+    for key, value in identity.items():
+        if saved.get(key) != value:
+            raise QAError(
+                f"{out_dir}: the checkpoint was written with {key} = {saved.get(key)!r}, this run "
+                f"has {value!r}; resume with the original settings, or start a fresh run"
+            )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state["rng"])
+    clear_checkpoints(out_dir, after=state["step"])
+    recover_interrupted_saves(out_dir)
+    history = History(**{**state["history"], "resumed_from": state["step"]})
+    log.info("resumed from step %d of %s", state["step"], out_dir)
+    return history, RunState(**state["run"])

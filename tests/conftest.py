@@ -11,7 +11,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import torch  # noqa: E402
+
 from qa_lib import DualEncoder, EncoderConfig, load_pairs  # noqa: E402
+
+# The tiny test models gain nothing from a second thread, and two spinning threads per process
+# slow the suite by 10x or more when anything else shares the two cores.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY = (
@@ -73,3 +79,26 @@ def tiny_splits(default_splits):
     """Small train/test subsets of the embedded data."""
     train, test = default_splits["train"], default_splits["test"]
     return train.select(range(96)), test.select(range(32))
+
+
+@pytest.fixture
+def interrupted_fit(monkeypatch):
+    """``run(steps, *fit_args, **fit_kwargs)``: fit, but die (KeyboardInterrupt) after ``steps``."""
+    import qa_lib.train as train_module
+    from qa_lib import fit
+
+    def run(steps: int, *args, **kwargs) -> None:
+        real_step, done = train_module.train_step, []
+
+        def step(*step_args, **step_kwargs):
+            if len(done) == steps:
+                raise KeyboardInterrupt
+            done.append(steps)
+            return real_step(*step_args, **step_kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(train_module, "train_step", step)
+            with pytest.raises(KeyboardInterrupt):
+                fit(*args, **kwargs)
+
+    return run

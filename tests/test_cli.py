@@ -2,11 +2,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+from torch.testing import assert_close
 
+from qa_lib import DualEncoder
+from qa_lib.checkpoint import checkpoint_dir, load_latest_checkpoint
 from qa_lib.cli import main
 from qa_lib.evaluate import METRIC_KEYS
 
@@ -103,7 +108,14 @@ def test_bad_model_and_busy_output(tmp_path, small_tsv, capsys):
     busy.mkdir()
     (busy / "keep.txt").write_text("precious")
     err = _error_of(["train", "--data", str(small_tsv), "--out", str(busy)], capsys)
-    assert "not empty" in err and (busy / "keep.txt").read_text() == "precious"
+    assert "not empty" in err and "--resume" in err
+    assert (busy / "keep.txt").read_text() == "precious"
+    err = _error_of(
+        ["train", "--data", str(small_tsv), "--out", str(busy), "--resume", "--overwrite"], capsys
+    )
+    assert "only one of them" in err
+    err = _error_of(["train", "--data", str(small_tsv), "--out", str(busy), "--resume"], capsys)
+    assert "no complete checkpoint" in err and (busy / "keep.txt").read_text() == "precious"
 
 
 def test_module_entry_point_exits_2_without_traceback(tmp_path):
@@ -116,3 +128,104 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "no such file" in proc.stderr
+
+
+# Runs the CLI, but slowly once the first checkpoint exists, so the test can kill it mid-epoch.
+SLOW_CLI = """
+import sys, time
+from pathlib import Path
+import qa_lib.train as train
+from qa_lib.cli import main
+
+checkpoints, step = Path(sys.argv[sys.argv.index("--out") + 1]) / "checkpoints", train.train_step
+
+def slow_step(*args, **kwargs):
+    time.sleep(1.0 if any(checkpoints.glob("*.json")) else 0.0)
+    return step(*args, **kwargs)
+
+train.train_step = slow_step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _train_args(data, model, out) -> list[str]:
+    return ["--quiet", "train", "--data", str(data), "--model", str(model), "--out", str(out)]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
+    tmp_path, small_tsv, tiny_bert_dir
+):
+    options = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--checkpoint-every", "3"]
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    # One thread everywhere: identical kernels in all three runs, and no slowdown when the
+    # machine is shared (torch's thread pool degrades badly under CPU contention).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def start(code: list[str], out, *extra: str) -> subprocess.Popen:
+        argv = [sys.executable, *code, *_train_args(small_tsv, tiny_bert_dir, out), *options]
+        with open(tmp_path / f"{out.name}{'-'.join(extra)}.log", "w") as log:
+            return subprocess.Popen([*argv, *extra], env=env, stdout=log, stderr=log)
+
+    def log_of(out, *extra: str) -> str:
+        return (tmp_path / f"{out.name}{'-'.join(extra)}.log").read_text()
+
+    uninterrupted = start(["-m", "qa_lib"], reference)  # runs while the other one sleeps
+    proc = start(["-c", SLOW_CLI], killed)
+    deadline = time.monotonic() + 120
+    while not any(checkpoint_dir(killed).glob("*.json")):
+        assert proc.poll() is None, f"training ended before a checkpoint: {log_of(killed)}"
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    state = load_latest_checkpoint(killed)
+    assert state["step"] == 3 and state["run"]["epoch"] == 0 and state["run"]["batch"] == 3
+    assert not (killed / "metrics.json").exists()
+    for name in ("best", "last"):  # never half-written: absent or loadable
+        assert not (killed / name).exists() or DualEncoder.load(killed / name)
+
+    resumed = start(["-m", "qa_lib"], killed, "--resume")
+    assert resumed.wait(timeout=300) == 0, log_of(killed, "--resume")
+    assert uninterrupted.wait(timeout=300) == 0, log_of(reference)
+    got, want = (json.loads((d / "metrics.json").read_text()) for d in (killed, reference))
+    assert got["history"]["resumed_from"] == 3 and want["history"]["resumed_from"] is None
+    assert len(got["history"]["step_loss"]) == len(want["history"]["step_loss"]) > 20
+    assert_close(got["history"]["step_loss"], want["history"]["step_loss"], atol=1e-6, rtol=0)
+    for epoch_got, epoch_want in zip(got["history"]["epochs"], want["history"]["epochs"]):
+        assert epoch_got == pytest.approx(epoch_want, abs=1e-6)
+    for name in ("best", "last"):
+        weights = [DualEncoder.load(d / name).state_dict() for d in (killed, reference)]
+        for key, value in weights[1].items():
+            assert_close(weights[0][key], value, atol=1e-6, rtol=0, msg=key)
+
+
+def test_metrics_json_records_what_reproduces_the_run(tmp_path, small_tsv, tiny_bert_dir):
+    out = tmp_path / "run"
+    argv = [*_train_args(small_tsv, tiny_bert_dir, out), "--max-steps", "2", "--seed", "3"]
+    assert main(argv) == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["seed"] == 3 and record["train"]["seed"] == 3 and record["argv"] == argv
+    assert record["model"] == str(tiny_bert_dir) == record["encoder"]["model"]
+    assert {"python", "torch", "transformers", "numpy", "qa_lib"} <= set(record["versions"])
+    assert len(record["data_fingerprint"]) == 16 and record["train"]["max_steps"] == 2
+
+
+def test_non_finite_loss_exits_2_and_keeps_the_checkpoint(
+    tmp_path, small_tsv, tiny_bert_dir, capsys, monkeypatch
+):
+    import qa_lib.train as train_module
+
+    real_step, calls = train_module.train_step, []
+
+    def nan_at_step_3(*args, **kwargs):
+        calls.append(1)
+        loss = real_step(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(train_module, "train_step", nan_at_step_3)
+    out = tmp_path / "run"
+    err = _error_of(
+        [*_train_args(small_tsv, tiny_bert_dir, out), "--checkpoint-every", "1"], capsys
+    )
+    assert "loss became nan at step 3" in err
+    assert load_latest_checkpoint(out)["step"] == 2

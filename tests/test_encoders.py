@@ -5,7 +5,7 @@ import torch
 from torch.testing import assert_close
 
 from qa_lib import DualEncoder, QAError
-from qa_lib.encoders import OPTIONS_FILE, pool
+from qa_lib.encoders import OPTIONS_FILE, pool, recover_interrupted_saves
 
 TEXTS = ["a short one", "a considerably longer text with many more tokens in it", "mid length text"]
 
@@ -78,6 +78,19 @@ def test_save_replaces_atomically_and_load_rejects_partial(tmp_path, tiny_model)
     (target / OPTIONS_FILE).unlink()  # what a crash before the last write would leave
     with pytest.raises(QAError, match="no saved dual encoder"):
         DualEncoder.load(target)
+
+
+def test_recover_interrupted_saves(tmp_path, tiny_model):
+    """A kill mid-swap leaves best/ moved aside and a half-written temp folder: tidy both."""
+    tiny_model.save(tmp_path / "best")
+    (tmp_path / "best").rename(tmp_path / ".best.old-1234abcd")
+    (tmp_path / ".best.tmp-5678ef90" / "question_encoder").mkdir(parents=True)
+    tiny_model.save(tmp_path / "last")
+    (tmp_path / "last").rename(tmp_path / ".last.old-00000000")
+    tiny_model.save(tmp_path / "last")  # the new copy made it: the old one is garbage
+    recover_interrupted_saves(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]
+    assert DualEncoder.load(tmp_path / "best").config == tiny_model.config
 
 
 def test_missing_model_folder_and_offline_hub_id(tmp_path):
