@@ -195,3 +195,29 @@ def test_non_finite_gradients_stop_before_the_update(tiny_config, tiny_splits, m
 def test_too_little_data(tiny_config, tiny_splits):
     with pytest.raises(QAError, match="at least 2 pairs"):
         fit(DualEncoder.from_config(tiny_config), tiny_splits[0].select([0]), progress=False)
+
+
+def test_deferred_read_back_gives_the_same_run_and_names_the_bad_step(
+    tiny_config, tiny_splits, monkeypatch
+):
+    """log_every > 1 (the CUDA default) reads losses back in groups: same history, same errors."""
+    runs = []
+    for log_every in (1, 4):
+        model = DualEncoder.from_config(tiny_config, seed=0)
+        config = TrainConfig(num_epochs=1, log_every=log_every, **FAST)
+        runs.append(fit(model, tiny_splits[0], config=config, progress=False))
+    assert runs[0].step_loss == runs[1].step_loss and len(runs[1].step_loss) == 6
+
+    import qa_lib.train as train_module
+
+    real_step, calls = train_module.train_step, []
+
+    def nan_on_third(*args, **kwargs):
+        calls.append(1)
+        loss = real_step(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(train_module, "train_step", nan_on_third)
+    config = TrainConfig(num_epochs=1, log_every=4, **FAST)
+    with pytest.raises(QAError, match="loss became nan at step 3"):
+        fit(DualEncoder.from_config(tiny_config), tiny_splits[0], config=config, progress=False)
