@@ -9,6 +9,7 @@ Every system is measured in one run on the same split and the same candidate poo
   qa_lib          qa_lib fine-tuned, two separate towers, library defaults (echo negative on)
   qa_lib_tied     the same with one shared tower
   qa_lib_hardneg  qa_lib with one BM25-mined hard negative per pair (qa_lib.negatives)
+  qa_lib_noecho   qa_lib without the echo negative (plain in-batch loss): what the echo costs
   st_mnrl         sentence-transformers MultipleNegativesRankingLoss from the same base model with
                   the same data, epochs, batch size, learning rate and weight decay
 
@@ -50,6 +51,7 @@ SYSTEMS = (
     "qa_lib",
     "qa_lib_tied",
     "qa_lib_hardneg",
+    "qa_lib_noecho",
     "st_mnrl",
 )
 SEEDLESS = ("bm25", "untrained")  # deterministic: measured once
@@ -229,6 +231,7 @@ def qa_lib_system(system: str):
         "qa_lib": ({}, {}),
         "qa_lib_tied": (dict(tied=True), {}),
         "qa_lib_hardneg": ({}, dict(hard_negatives=1)),
+        "qa_lib_noecho": ({}, dict(echo_weight=0.0)),
     }[system]
 
 
@@ -360,7 +363,12 @@ def plot(results: dict, chance: float, path: Path) -> None:
     from qa_lib.plotting import plot_metric_bars, save_figure
 
     means = {name: {k: s[k] for k in KEYS} for name, s in results.items()}
-    save_figure(plot_metric_bars(means, keys=KEYS, chance=chance), path)
+    fig = plot_metric_bars(means, keys=KEYS, chance=chance)
+    if len(means) > 4:  # value labels of many bars overlap: the table has the numbers
+        for text in list(fig.axes[0].texts):
+            text.remove()
+        fig.set_size_inches(8, 3.5)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- main
