@@ -17,8 +17,11 @@ Metrics (qa_lib.evaluate's definitions): Recall@1/5/10, MRR@10, nDCG@10 and the 
 (the question's own text, added as a candidate, ties or beats its best answer). Trained systems:
 mean ± std over seeds; the split is fixed (seed 0), the seed changes init, data order and dropout.
 
-    python benchmarks/quality.py --datasets nq --quick            # <= 5 min on 2 CPU cores
+    python benchmarks/quality.py --datasets nq --quick            # 1 seed, 10 training steps
     python benchmarks/quality.py --datasets nq,medquad,squad      # full: 3 seeds
+
+Quick mode is sized for 5 minutes on 2 quiet CPU cores; measured: 16 minutes on 2 cores shared with
+two other jobs (load average 5-8). Full mode is not yet measured.
     python benchmarks/quality.py --datasets path/to/beir-folder   # train qrels -> test qrels
 
 Writes ``<dataset>.md``, ``<dataset>.json`` and ``<dataset>.png`` under ``runs/bench/quality/``.
