@@ -57,6 +57,7 @@ class TrainConfig:
     scale: float = 20.0  # inverse temperature multiplying the scores before the softmax
     symmetric: bool = False  # also score each answer against all questions
     echo_weight: float = 1.0  # weight of the question-echo negative (0 = plain in-batch loss)
+    hard_negatives: int = 0  # BM25-mined wrong answers per pair added as extra negatives (0 = none)
     seed: int = 0  # seeds data order, dropout and any random init
     max_steps: int | None = None  # stop after this many optimiser steps (None = all epochs)
     checkpoint_every: int | None = None  # also checkpoint every N steps; None = epoch ends only

@@ -101,21 +101,22 @@ def cached_loss_backward(
 def cached_train_step(model, data, idx: list[int], config) -> torch.Tensor:
     """One training step of :func:`qa_lib.train.fit` with gradient caching.
 
-    Same loss and gradients as the plain step; activation memory of ``config.grad_cache_chunk``
-    pairs instead of ``config.batch_size``.
+    Same loss and gradients as the plain step (hard negatives included); activation memory of
+    ``config.grad_cache_chunk`` pairs instead of ``config.batch_size``.
     """
     from qa_lib.encoders import _autocast
-    from qa_lib.train import collate
+    from qa_lib.train import answer_rows, collate
 
     q_ids = [data.q_ids[i] for i in idx]
+    rows = answer_rows(data, idx)  # the batch's answers, then any hard negatives
     embeds, ids = (
         [model.embed_questions, model.embed_answers],
-        [q_ids, [data.a_ids[i] for i in idx]],
+        [q_ids, [data.a_ids[i] for i in rows]],
     )
     if config.echo_weight > 0:
         embeds.append(model.embed_answers)
         ids.append(q_ids)
-    answer_ids = data.answer_ids[idx].to(model.device)
+    answer_ids = data.answer_ids[rows].to(model.device)
 
     def loss_fn(q_emb, a_emb, echo_emb=None):
         return in_batch_loss(

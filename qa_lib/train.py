@@ -70,6 +70,7 @@ class TokenizedPairs:
     a_ids: list[list[int]]
     answer_ids: torch.Tensor  # equal ids = equal answer text. Shape (n,)
     pad_id: int
+    negatives: list[list[int]] | None = None  # per row: rows whose answers are hard negatives
 
 
 def seed_everything(seed: int) -> None:
@@ -175,23 +176,32 @@ def make_optimizer(model: DualEncoder, config: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def answer_rows(data: TokenizedPairs, idx: list[int]) -> list[int]:
+    """The batch's rows, then the rows of their hard negatives (if mined): the answer columns."""
+    if not data.negatives:
+        return list(idx)
+    return list(idx) + [j for i in idx for j in data.negatives[i]]
+
+
 def train_step(model: DualEncoder, data: TokenizedPairs, idx: list[int], config: TrainConfig):
     """Forward and backward for one batch; returns the loss (a tensor, not synced).
 
     With ``config.grad_cache_chunk`` smaller than the batch, the step runs with gradient
     caching (:mod:`qa_lib.gradcache`): same loss and gradients, the memory of one chunk.
+    Hard negatives (``data.negatives``) add answer columns after the batch's own answers.
     """
     if config.grad_cache_chunk and config.grad_cache_chunk < len(idx):
         from qa_lib.gradcache import cached_train_step
 
         return cached_train_step(model, data, idx, config)
     q_ids = [data.q_ids[i] for i in idx]
+    rows = answer_rows(data, idx)
     with _autocast(model.device):
         q_batch = collate(q_ids, data.pad_id)
         q_emb = model.embed_questions(q_batch)
         chunks = config.answer_chunks or (1 if model.device.type == "cuda" else 4)
         a_emb = embed_in_chunks(
-            model.embed_answers, [data.a_ids[i] for i in idx], data.pad_id, chunks
+            model.embed_answers, [data.a_ids[i] for i in rows], data.pad_id, chunks
         )
         echo_emb = model.embed_answers(q_batch) if config.echo_weight > 0 else None
         loss = in_batch_loss(
@@ -199,7 +209,7 @@ def train_step(model: DualEncoder, data: TokenizedPairs, idx: list[int], config:
             a_emb,
             config.scale,
             config.symmetric,
-            data.answer_ids[idx].to(model.device),
+            data.answer_ids[rows].to(model.device),
             echo_emb,
             config.echo_weight,
         )
@@ -263,6 +273,10 @@ def fit(
     seed_everything(config.seed)
     prepare_model(model, config)
     data = tokenize_pairs(model, train)
+    if config.hard_negatives > 0:
+        from qa_lib.negatives import mine_bm25_negatives
+
+        data.negatives = mine_bm25_negatives(train, config.hard_negatives)
     per_epoch = len(epoch_batches(len(train), config.batch_size, config.seed, 0))
     total = per_epoch * config.num_epochs
     if config.max_steps is not None:

@@ -1,0 +1,446 @@
+"""Retrieval quality on real held-out data: qa_lib against the systems a practitioner would use.
+
+Every system is measured in one run on the same split and the same candidate pool:
+
+  bm25            BM25 from the ``bm25s`` package (k1=0.9, b=0.4, English stop words), no training
+  random_init     the original lesson's towers: a 3-layer BERT of the MiniLM config with random
+                  weights, CLS pooling, raw dot product, no echo term, 5 epochs
+  untrained       the pretrained MiniLM towers (qa_lib defaults), not trained
+  qa_lib          qa_lib fine-tuned, two separate towers, library defaults (echo negative on)
+  qa_lib_tied     the same with one shared tower
+  qa_lib_hardneg  qa_lib with one BM25-mined hard negative per pair (qa_lib.negatives)
+  qa_lib_noecho   qa_lib without the echo negative (plain in-batch loss): what the echo costs
+  st_mnrl         sentence-transformers MultipleNegativesRankingLoss from the same base model with
+                  the same data, epochs, batch size, learning rate and weight decay
+
+Metrics (qa_lib.evaluate's definitions): Recall@1/5/10, MRR@10, nDCG@10 and the question-echo rate
+(the question's own text, added as a candidate, ties or beats its best answer). Trained systems:
+mean ± std over seeds; the split is fixed (seed 0), the seed changes init, data order and dropout.
+
+    python benchmarks/quality.py --datasets nq --quick            # 1 seed, 10 training steps
+    python benchmarks/quality.py --datasets nq,medquad,squad      # full: 3 seeds
+
+Quick mode is sized for 5 minutes on 2 quiet CPU cores; measured: 16 minutes on 2 cores shared with
+two other jobs (load average 5-8). Full mode is not yet measured.
+    python benchmarks/quality.py --datasets path/to/beir-folder   # train qrels -> test qrels
+
+Writes ``<dataset>.md``, ``<dataset>.json`` and ``<dataset>.png`` under ``runs/bench/quality/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+FILES = {
+    "nq": "nq-sample-dlai/nq_sample.tsv",
+    "medquad": "medquad/medquad_qa_pairs.jsonl.gz",
+    "squad": "squad-v1.1/dev-v1.1.json",
+}
+SYSTEMS = (
+    "bm25",
+    "random_init",
+    "untrained",
+    "qa_lib",
+    "qa_lib_tied",
+    "qa_lib_hardneg",
+    "qa_lib_noecho",
+    "st_mnrl",
+)
+SEEDLESS = ("bm25", "untrained")  # deterministic: measured once
+KEYS = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "question_echo_rate")
+
+
+@dataclass
+class Budget:
+    """What every trained system gets (the same for all of them)."""
+
+    num_epochs: int = 1  # passes over the (subsampled) training pairs
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    max_train: int | None = 1600  # training pairs kept (seeded sample); None = all
+    max_test: int | None = None  # test questions kept (seeded sample; the pool is unchanged)
+    seeds: int = 3
+    lesson_epochs: int = 5  # the original lesson trained its random-init towers 5 epochs
+    progress: bool = False  # tqdm bars while training
+
+
+QUICK = Budget(num_epochs=1, max_train=320, max_test=500, seeds=1)
+
+
+@dataclass
+class Setup:
+    """One dataset's split: the training pairs, the test pairs and how they were made."""
+
+    name: str
+    train: object  # qa_lib.data.Pairs
+    test: object  # qa_lib.data.Pairs
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def split_by(pairs, test_keys: set, keys: list) -> tuple:
+    """Rows whose key is in ``test_keys`` are test, the others train."""
+    train = pairs.select(i for i, k in enumerate(keys) if k not in test_keys)
+    test = pairs.select(i for i, k in enumerate(keys) if k in test_keys)
+    return train, test
+
+
+def load_split(name: str, data_dir: Path):
+    """The named dataset's train/test pairs, or a string saying why it is skipped."""
+    from qa_lib.data import read_pairs
+
+    path = data_dir / FILES[name] if name in FILES else Path(name)
+    if not path.exists():
+        return f"{path} not found (shared data absent)"
+    pairs = read_pairs(path)
+    if name == "nq":
+        rows = list(range(len(pairs)))
+        test_rows = set(random.Random(0).sample(rows, round(0.2 * len(rows))))
+        return (*split_by(pairs, test_rows, rows), "seeded 80/20 split of the pairs")
+    if name == "squad":
+        titles = sorted(set(pairs.groups))
+        random.Random(0).shuffle(titles)
+        test = set(titles[:10])
+        note = f"{len(titles) - 10} train / 10 test articles (seeded)"
+        return (*split_by(pairs, test, pairs.groups), note)
+    if pairs.splits is None or "test" not in pairs.splits or "train" not in pairs.splits:
+        return f"{path}: no train and test split labels"
+    train, test = split_by(pairs, {"test"}, pairs.splits)
+    return train, test, "the source's own split (MedQuAD: by topic; BEIR: qrels files)"
+
+
+def sample(pairs, limit: int | None, what: str, notes: list[str]):
+    """A seeded sample of ``limit`` rows (noted), or all rows."""
+    if limit is None or len(pairs) <= limit:
+        return pairs
+    notes.append(f"{what}: a seeded sample of {limit} of {len(pairs)} pairs")
+    return pairs.select(sorted(random.Random(0).sample(range(len(pairs)), limit)))
+
+
+def make_setup(name: str, data_dir: Path, budget: Budget) -> Setup | str:
+    """Load, split and subsample one dataset; a string when it is skipped."""
+    loaded = load_split(name, data_dir)
+    if isinstance(loaded, str):
+        return loaded
+    train, test, how = loaded
+    notes = [f"split: {how}; {len(train)} train / {len(test)} test pairs"]
+    train = sample(train, budget.max_train, "training", notes)
+    test = _sample_questions(test, budget.max_test, notes)
+    return Setup(Path(name).name, train, test, notes)
+
+
+def _sample_questions(test, limit: int | None, notes: list[str]):
+    """Keep ``limit`` test questions but every candidate: the pool is fixed before sampling."""
+    if test.corpus is None:
+        test = test.select(range(len(test)))
+        test.corpus = list(dict.fromkeys(test.answers))
+    return sample(test, limit, "test questions (pool kept whole)", notes)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def metrics_from_scores(scores, echo_scores, relevant) -> dict:
+    """qa_lib.evaluate's metrics from a score matrix and each question's echo score.
+
+    Args:
+        scores: question-candidate scores. Shape (n_questions, n_candidates).
+        echo_scores: each question's score against its own text. Shape (n_questions,).
+        relevant: the relevant candidate indices of each question.
+    """
+    import torch
+
+    from qa_lib.evaluate import metrics_from_ranks, relevant_ranks
+
+    scores = torch.as_tensor(scores, dtype=torch.float32)
+    ranks = relevant_ranks(scores, relevant)
+    best = torch.stack([row[list(r)].max() for row, r in zip(scores, relevant)])
+    echo = torch.as_tensor(echo_scores, dtype=torch.float32) >= best
+    metrics = metrics_from_ranks(ranks)
+    metrics["question_echo_rate"] = echo.double().mean().item()
+    top1 = torch.tensor([min(r) == 1 for r in ranks])
+    metrics["recall@1_with_echo"] = (top1 & ~echo).double().mean().item()
+    return metrics
+
+
+def bm25_echo_scores(candidates: list[str], questions: list[str]):
+    """Each question's BM25 score against its own text added to the pool as a document.
+
+    Questions are added a few at a time (at most 2% of the pool), so the pool's statistics
+    (idf, mean length) barely change; indexing all questions at once would change them a lot.
+
+    Returns:
+        (echo scores, the scores of the pool under the same indexes). Shapes (n_q,), (n_q, n_c).
+    """
+    import numpy as np
+
+    from qa_lib.negatives import bm25_index, bm25_scores
+
+    n, step = len(candidates), max(1, len(candidates) // 50)
+    echo, pool = [], []
+    for s in range(0, len(questions), step):
+        batch = questions[s : s + step]
+        both = bm25_scores(bm25_index(candidates + batch), batch)  # (len(batch), n + len(batch))
+        echo.append(both[np.arange(len(batch)), n + np.arange(len(batch))])
+        pool.append(both[:, :n])
+    return np.concatenate(echo), np.concatenate(pool)
+
+
+def run_bm25(setup: Setup, budget: Budget, seed: int) -> dict:
+    """BM25 ranking of the pool (bm25s); the echo as in :func:`bm25_echo_scores`."""
+    from qa_lib.evaluate import build_task
+    from qa_lib.negatives import bm25_index, bm25_scores
+
+    task = build_task(setup.test)
+    scores = bm25_scores(bm25_index(task.candidates), task.questions)
+    metrics = metrics_from_scores(scores, scores.max(1), task.relevant)  # echo filled below
+    echo, pool = bm25_echo_scores(task.candidates, task.questions)
+    with_q = metrics_from_scores(pool, echo, task.relevant)
+    metrics["question_echo_rate"] = with_q["question_echo_rate"]
+    metrics["recall@1_with_echo"] = with_q["recall@1_with_echo"]
+    return metrics
+
+
+# ----------------------------------------------------------------------------- neural systems
+
+
+def qa_lib_system(system: str):
+    """(EncoderConfig changes, TrainConfig changes) of a qa_lib system."""
+    return {
+        "random_init": (
+            dict(
+                pretrained=False,
+                pooling="cls",
+                normalize=False,
+                model_overrides=(("num_hidden_layers", 3),),
+            ),
+            dict(echo_weight=0.0, scale=1.0),
+        ),
+        "untrained": ({}, None),
+        "qa_lib": ({}, {}),
+        "qa_lib_tied": (dict(tied=True), {}),
+        "qa_lib_hardneg": ({}, dict(hard_negatives=1)),
+        "qa_lib_noecho": ({}, dict(echo_weight=0.0)),
+    }[system]
+
+
+def run_qa_lib(system: str, setup: Setup, budget: Budget, seed: int) -> dict:
+    """Build (and unless untrained, fit) a qa_lib dual encoder; evaluate it on the test pairs."""
+    from qa_lib import DualEncoder, TrainConfig, evaluate, fit
+
+    encoder_changes, train_changes = qa_lib_system(system)
+    model = DualEncoder.from_config(seed=seed, **encoder_changes)
+    if train_changes is not None:
+        epochs = budget.lesson_epochs if system == "random_init" else budget.num_epochs
+        config = TrainConfig(
+            num_epochs=epochs,
+            batch_size=budget.batch_size,
+            lr=budget.lr,
+            weight_decay=budget.weight_decay,
+            seed=seed,
+            **train_changes,
+        )
+        fit(model, setup.train, config=config, progress=budget.progress)
+    return evaluate(model, setup.test)
+
+
+def run_st(setup: Setup, budget: Budget, seed: int) -> dict:
+    """sentence-transformers MNRL fine-tune (one shared tower); evaluated with qa_lib's metrics."""
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+        models,
+    )
+
+    from qa_lib.config import default_model_path
+
+    word = models.Transformer(default_model_path(), max_seq_length=128)
+    pooling = models.Pooling(word.get_word_embedding_dimension(), "mean")
+    model = SentenceTransformer(modules=[word, pooling], device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=tmp,
+            num_train_epochs=budget.num_epochs,
+            per_device_train_batch_size=budget.batch_size,
+            learning_rate=budget.lr,
+            weight_decay=budget.weight_decay,
+            warmup_ratio=0.1,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_drop_last=True,
+            seed=seed,
+            use_cpu=True,
+        )
+        data = Dataset.from_dict({"anchor": setup.train.questions, "positive": setup.train.answers})
+        loss = losses.MultipleNegativesRankingLoss(model)
+        SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss).train()
+    return evaluate_st(model, setup.test)
+
+
+def evaluate_st(model, test) -> dict:
+    """Cosine scores of a shared-tower model; its echo is the question encoded as a document."""
+    from qa_lib.evaluate import build_task
+
+    task = build_task(test)
+    encode = dict(convert_to_tensor=True, normalize_embeddings=True, batch_size=64)
+    q_emb = model.encode(task.questions, **encode).cpu()  # (n_questions, dim)
+    a_emb = model.encode(task.candidates, **encode).cpu()  # (n_candidates, dim)
+    echo_emb = model.encode(task.questions, **encode).cpu()  # one tower: same as q_emb
+    return metrics_from_scores(q_emb @ a_emb.T, (q_emb * echo_emb).sum(-1), task.relevant)
+
+
+def run_system(system: str, setup: Setup, budget: Budget, seed: int) -> dict:
+    """One system, one seed: its metrics and wall time (training + evaluation)."""
+    start = time.perf_counter()
+    if system == "bm25":
+        metrics = run_bm25(setup, budget, seed)
+    elif system == "st_mnrl":
+        metrics = run_st(setup, budget, seed)
+    else:
+        metrics = run_qa_lib(system, setup, budget, seed)
+    gc.collect()
+    return {**{k: metrics[k] for k in KEYS}, "wall_s": time.perf_counter() - start}
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and (with 2+ runs) standard deviation of each metric over seeds."""
+    out = {}
+    for key in (*KEYS, "wall_s"):
+        values = [r[key] for r in runs]
+        out[key] = statistics.fmean(values)
+        out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+    out["seeds"] = len(runs)
+    return out
+
+
+def fmt(summary: dict, key: str) -> str:
+    std = summary.get(f"{key}_std")
+    value = f"{summary[key]:.3f}"
+    return value if std is None else f"{value} ± {std:.3f}"
+
+
+def table(name: str, setup_info: dict, results: dict) -> str:
+    """The Markdown table of one dataset, with its pool size, chance level and notes."""
+    lines = [
+        f"### {name}: {setup_info['n_questions']} test questions, pool of "
+        f"{setup_info['n_candidates']} candidates, chance Recall@1 = {setup_info['chance']:.4f}",
+        "",
+        *[f"- {note}" for note in setup_info["notes"]],
+        "",
+        "| system | seeds | " + " | ".join(KEYS) + " | wall s / seed |",
+        "|---|---|" + "---|" * len(KEYS) + "---|",
+    ]
+    for system, summary in results.items():
+        cells = [fmt(summary, k) for k in KEYS]
+        lines.append(
+            f"| {system} | {summary['seeds']} | "
+            + " | ".join(cells)
+            + f" | {summary['wall_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: dict, chance: float, path: Path) -> None:
+    """Grouped bars of the means, with the chance Recall@1 line."""
+    from qa_lib.plotting import plot_metric_bars, save_figure
+
+    means = {name: {k: s[k] for k in KEYS} for name, s in results.items()}
+    fig = plot_metric_bars(means, keys=KEYS, chance=chance)
+    if len(means) > 4:  # value labels of many bars overlap: the table has the numbers
+        for text in list(fig.axes[0].texts):
+            text.remove()
+        fig.set_size_inches(8, 3.5)
+    save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run_dataset(name: str, data_dir: Path, budget: Budget, systems, out: Path) -> str | None:
+    """Every system on one dataset; writes .md, .json and .png; returns the table."""
+    from qa_lib.evaluate import build_task
+
+    setup = make_setup(name, data_dir, budget)
+    if isinstance(setup, str):
+        print(f"skipping {name}: {setup}", file=sys.stderr)
+        return None
+    task = build_task(setup.test)
+    info = {
+        "n_train": len(setup.train),
+        "n_questions": len(task.questions),
+        "n_candidates": len(task.candidates),
+        "chance": task.chance_recall_at_1,
+        "notes": setup.notes,
+    }
+    results = {}
+    for system in systems:
+        seeds = [0] if system in SEEDLESS else list(range(budget.seeds))
+        runs = []
+        for seed in seeds:
+            runs.append(run_system(system, setup, budget, seed))
+            print(f"{setup.name} {system} seed {seed}: {runs[-1]}", file=sys.stderr, flush=True)
+        results[system] = summarise(runs) | {"runs": runs}
+    text = table(setup.name, info, results)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"dataset": setup.name, "setup": info, "budget": asdict(budget), "results": results}
+    (out / f"{setup.name}.json").write_text(json.dumps(record, indent=2))
+    (out / f"{setup.name}.md").write_text(text + "\n")
+    plot(results, info["chance"], out / f"{setup.name}.png")
+    return text
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="nq,medquad,squad", help="names or BEIR folders")
+    parser.add_argument("--quick", action="store_true", help="subsampled, 1 seed (<= 5 min)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per trained system")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--max-train", type=int, default=None, help="training pairs kept")
+    parser.add_argument("--data-dir", default=str(SHARED))
+    parser.add_argument("--out", default="runs/bench/quality")
+    parser.add_argument("--progress", action="store_true", help="show training progress bars")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    budget = QUICK if args.quick else Budget()
+    changes = {"seeds": args.seeds, "num_epochs": args.epochs, "max_train": args.max_train}
+    changes["progress"] = args.progress or None
+    budget = replace(budget, **{k: v for k, v in changes.items() if v is not None})
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        sys.exit(f"unknown systems {sorted(unknown)}; choose from {list(SYSTEMS)}")
+    start = time.perf_counter()
+    for name in args.datasets.split(","):
+        text = run_dataset(name, Path(args.data_dir), budget, systems, Path(args.out))
+        if text:
+            print(text + "\n", flush=True)
+    print(f"total wall time: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
