@@ -8,6 +8,8 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= runs/demo
+NB_OUT ?= runs/notebooks
+COURSE := 01_data_loading 02_encoder_setup 03_contrastive_loss 04_training 05_similarity_evaluation
 
 # Every default works offline: the pretrained towers ship as a Python package.
 export HF_HUB_OFFLINE ?= 1
@@ -32,6 +34,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
+	# the notebooks in smoke mode, cell by cell; one thread is as fast for their tiny models
+	# and does not stall when other jobs share the CPU
+	QA_RUN_MODE=smoke OMP_NUM_THREADS=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
+
+# Execute the course in order, full mode, into $(NB_OUT)/ (05 evaluates the model 04 saves there).
+notebooks: $(STAMP)
+	mkdir -p $(NB_OUT)
+	for nb in $(COURSE); do \
+		QA_RUN_MODE=full $(BIN)/papermill notebooks/$$nb.ipynb $(NB_OUT)/$$nb.ipynb -k python3 || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .

@@ -119,3 +119,92 @@ def save_figure(fig, path) -> None:
 
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_lines(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    xlabel: str,
+    ylabel: str,
+    reference: float | None = None,
+    reference_label: str = "reference",
+    logx: bool = False,
+):
+    """One line per named series over a shared x, with an optional dashed reference line."""
+    fig, ax = _figure()
+    for name, ys in series.items():
+        ax.plot(x, ys, marker="o", ms=3, label=name)
+    if reference is not None:
+        ax.axhline(reference, color="gray", ls="--", label=reference_label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_seed_spread(
+    values: Mapping[str, Sequence[float]], ylabel: str, chance: float | None = None
+):
+    """One bar per system at the mean over seeds, ± one standard deviation, seeds as dots."""
+    fig, ax = _figure()
+    for i, ys in enumerate(values.values()):
+        ys = np.asarray(ys, dtype=float)
+        ax.bar(i, ys.mean(), 0.6, yerr=ys.std(), capsize=4, alpha=0.7)
+        ax.plot(np.full(len(ys), i), ys, "k.", ms=4)
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls="--", label=f"chance = {chance:.3f}")
+        ax.legend(fontsize=7)
+    ax.set_xticks(range(len(values)), list(values), fontsize=7)
+    ax.set(ylabel=ylabel, ylim=(0, 1.05))
+    return fig
+
+
+def pca_2d(points) -> tuple[np.ndarray, np.ndarray]:
+    """Project points on their first two principal components (centred SVD).
+
+    Args:
+        points: Shape (n, dim).
+
+    Returns:
+        The projected points, shape (n, 2), and the share of variance each component
+        explains, shape (2,).
+    """
+    x = np.asarray(points, dtype=np.float64)
+    x = x - x.mean(0)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T, (s[:2] ** 2) / (s**2).sum()
+
+
+def plot_embedding_pca(panels: Mapping[str, tuple], links: int = 20):
+    """Questions and answers in the 2-D PCA of their joint embeddings, one panel per model.
+
+    Args:
+        panels: title -> (q_emb, a_emb), row ``i`` of each being a question and its answer.
+            Shapes (n, dim) and (n, dim).
+        links: draw a thin line from question ``i`` to answer ``i`` for the first ``links`` pairs.
+
+    Returns:
+        The figure; each panel has its own projection.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4 * len(panels), 3.2), layout="constrained", squeeze=False
+    )
+    axes = axes[0]
+    for ax, (title, (q_emb, a_emb)) in zip(axes, panels.items()):
+        n = len(q_emb)
+        xy, share = pca_2d(np.concatenate([np.asarray(q_emb), np.asarray(a_emb)]))
+        q_xy, a_xy = xy[:n], xy[n:]
+        for i in range(min(links, n)):
+            ax.plot(*zip(q_xy[i], a_xy[i]), color="gray", lw=0.5, alpha=0.6)
+        ax.scatter(*q_xy.T, s=8, color="tab:blue", label="questions")
+        ax.scatter(*a_xy.T, s=8, color="tab:orange", marker="^", label="answers")
+        ax.set(
+            title=title,
+            xlabel=f"PC1 ({share[0]:.0%} of variance)",
+            ylabel=f"PC2 ({share[1]:.0%})",
+        )
+        ax.legend(fontsize=7)
+    return fig

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
+
 from qa_lib import plotting
 
 
@@ -30,3 +33,34 @@ def test_bars_heatmap_histogram_and_epochs(tmp_path):
         baseline={"recall@1": 0.3},
     )
     assert len(epochs.axes[0].get_lines()) == 2
+
+
+def test_lines_and_seed_spread():
+    fig = plotting.plot_lines(
+        [1, 2, 4], {"loss": [3.0, 2.0, 1.0]}, "scale", "loss", reference=2.5, logx=True
+    )
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "scale"
+    assert [line.get_label() for line in ax.get_lines()] == ["loss", "reference"]
+    spread = plotting.plot_seed_spread({"a": [0.2, 0.4], "b": [1.0, 1.0]}, "recall", chance=0.01)
+    heights = [p.get_height() for p in spread.axes[0].patches]
+    assert heights == [pytest.approx(0.3), pytest.approx(1.0)]
+
+
+def test_pca_2d_finds_the_main_direction():
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(200, 1))
+    points = np.hstack([10 * t, t, 0.01 * rng.normal(size=(200, 3))])  # a line in 5-D
+    xy, share = plotting.pca_2d(points)
+    assert xy.shape == (200, 2)
+    assert share[0] > 0.99 and share.sum() <= 1.0 + 1e-9
+    assert abs(np.corrcoef(xy[:, 0], t[:, 0])[0, 1]) > 0.999
+
+
+def test_embedding_pca_has_one_panel_per_model():
+    rng = np.random.default_rng(1)
+    q, a = rng.normal(size=(30, 8)), rng.normal(size=(30, 8))
+    fig = plotting.plot_embedding_pca({"before": (q, a), "after": (q, a + 1)}, links=5)
+    assert [ax.get_title() for ax in fig.axes] == ["before", "after"]
+    assert len(fig.axes[0].get_lines()) == 5  # the question-answer links
+    assert "PC1" in fig.axes[0].get_xlabel()

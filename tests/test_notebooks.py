@@ -1,0 +1,140 @@
+"""The course notebooks: what git holds, and a papermill smoke run that checks what they record.
+
+nbval runs every cell in smoke mode (the Makefile's test target):
+``QA_RUN_MODE=smoke pytest --nbval-lax --nbval-current-env --nbval-sanitize-with
+tests/nbval_sanitize.cfg notebooks/``. This file checks the committed files and runs notebooks 04
+and 05 headless with injected parameters, then asserts the metrics their last cells record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+COURSE = (
+    "01_data_loading",
+    "02_encoder_setup",
+    "03_contrastive_loss",
+    "04_training",
+    "05_similarity_evaluation",
+)
+# what `nbstripout --keep-output` removes beyond its defaults (papermill's timing records)
+STRIP_KEYS = "metadata.papermill cell.metadata.papermill cell.metadata.execution"
+
+
+def _load(name: str) -> dict:
+    return json.loads((NOTEBOOKS / f"{name}.ipynb").read_text(encoding="utf-8"))
+
+
+def _finite(value) -> bool:
+    """Every number inside ``value`` (nested dicts and lists) is finite."""
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_finite(v) for v in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
+
+
+def test_the_course_has_five_notebooks():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == list(COURSE)
+
+
+def test_notebooks_are_stripped():
+    paths = [str(NOTEBOOKS / f"{name}.ipynb") for name in COURSE]
+    # execution counts stay: nbval refuses a cell with outputs but no count ("unrun")
+    cmd = [sys.executable, "-m", "nbstripout", "--keep-output", "--keep-count", "--verify"]
+    cmd.append("--extra-keys")
+    done = subprocess.run([*cmd, STRIP_KEYS, *paths], capture_output=True, text=True)
+    assert done.returncode == 0, f"run nbstripout --keep-output --keep-count ...\n{done.stdout}"
+
+
+@pytest.mark.parametrize("name", COURSE)
+def test_notebook_follows_the_anatomy_and_holds_a_full_run(name):
+    path = NOTEBOOKS / f"{name}.ipynb"
+    assert path.stat().st_size < 1_000_000
+    nb = _load(name)
+    cells = nb["cells"]
+    assert "".join(cells[0]["source"]).startswith(f"# {name[:2]} · ")
+    assert "colab.research.google.com/github" in "".join(cells[0]["source"])
+    params = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
+    assert len(params) == 1 and "QA_RUN_MODE" in "".join(params[0]["source"])
+    headings = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    assert any(h.startswith("## Summary") for h in headings)
+    assert any("## Exercises" in h for h in headings)
+    outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    mimes = {mime for o in outputs for mime in o.get("data", {})}
+    assert not [m for m in mimes if "widget" in m] and "widgets" not in nb["metadata"]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    counts = [c["execution_count"] for c in cells if c["cell_type"] == "code"]
+    assert counts == list(range(1, len(counts) + 1))  # one run, top to bottom, nothing skipped
+    text = "".join("".join(o.get("text", "")) for o in outputs)
+    assert "run mode: full" in text  # the committed outputs come from a full run
+    last = cells[-1]
+    assert "RESULTS" in "".join(last["source"]) and last.get("outputs")
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory) -> dict[str, dict]:
+    """Run 04 then 05 headless in smoke mode; return what their last cells recorded."""
+    papermill = pytest.importorskip("papermill")
+    tmp = tmp_path_factory.mktemp("notebooks")
+    common = {"RUN_MODE": "smoke", "RESULTS_DIR": str(tmp), "SEED": 0}
+    runs = {
+        "04_training": {"NUM_EPOCHS": 3, "MAX_STEPS": 20, "OUT_DIR": str(tmp / "04_model")},
+        "05_similarity_evaluation": {"MODEL_DIR": str(tmp / "04_model"), "N_SEEDS": 2},
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QA_RUN_MODE", "smoke")  # kernels inherit the environment
+        mp.setenv("OMP_NUM_THREADS", "1")  # tiny models: as fast, and no stalls on a busy CPU
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        for name, parameters in runs.items():
+            papermill.execute_notebook(
+                str(NOTEBOOKS / f"{name}.ipynb"),
+                str(tmp / f"{name}.ipynb"),
+                parameters={**common, **parameters},
+                kernel_name="python3",
+                cwd=str(ROOT),
+                progress_bar=False,
+            )
+    return {
+        name[:2]: json.loads((tmp / f"{name[:2]}_results_smoke.json").read_text()) for name in runs
+    }
+
+
+def test_training_notebook_records_a_model_that_learned(smoke_results):
+    r = smoke_results["04"]
+    assert r["run_mode"] == "smoke" and _finite(r)
+    assert r["steps"] == 20  # the injected MAX_STEPS (8 steps per epoch, 3 epochs)
+    assert len(r["epochs"]) == 3 and 1 <= r["best_epoch"] <= 3
+    assert Path(r["model_dir"], "dual_encoder.json").is_file()
+    for key in ("recall@1", "mrr@10", "question_echo_rate", "recall@1_with_echo"):
+        assert key in r["val_before"] and key in r["val_best"] and key in r["train_after"]
+    # on the pairs it trained on, the model ranks better than before (holds for seeds 0, 1, 2)
+    assert r["train_after"]["mrr@10"] > r["train_before"]["mrr@10"]
+    assert r["epochs"][-1]["loss"] < r["epochs"][0]["loss"]  # mean training loss per epoch
+
+
+def test_evaluation_notebook_records_the_comparison_and_the_study(smoke_results):
+    r = smoke_results["05"]
+    assert r["model_source"] == "notebook 04"  # it loaded 04's towers instead of rebuilding
+    assert _finite(r)
+    keys = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "question_echo_rate")
+    for side in ("test_untrained", "test_trained"):
+        assert all(0.0 <= r[side][k] <= 1.0 for k in keys)
+    assert r["train_trained"]["mrr@10"] > r["train_untrained"]["mrr@10"]
+    assert r["study_seeds"] == 2 and len(r["study"]) == 3
+    for stats in r["study"].values():
+        assert set(stats) >= {"recall@1", "question_echo_rate", "recall@1_with_echo"}
+    # a shared cosine encoder scores each question's echo at 1.0: it can never pass
+    assert r["tied_trained"]["question_echo_rate"] == 1.0
+    assert r["tied_trained"]["recall@1_with_echo"] == 0.0
