@@ -15,7 +15,11 @@ def _figure(figsize=(5, 3)):
 
 
 def plot_loss(step_loss: Sequence[float], chance_loss: float | None = None, smooth: int = 10):
-    """Training loss per step, smoothed, with the chance level ln B as a dashed line."""
+    """Training loss per step, smoothed, with the chance level as a dashed line.
+
+    Chance is ln(candidates per question): ln B for the plain loss over a batch of B, ln(B + 1)
+    with the echo negative (``History.chance_loss`` holds the right value).
+    """
     fig, ax = _figure()
     steps = np.arange(1, len(step_loss) + 1)
     ax.plot(steps, step_loss, color="tab:blue", alpha=0.3, lw=1, label="loss per step")
@@ -29,7 +33,9 @@ def plot_loss(step_loss: Sequence[float], chance_loss: float | None = None, smoo
             label=f"mean of {smooth} steps",
         )
     if chance_loss is not None:
-        ax.axhline(chance_loss, color="gray", ls="--", label=f"chance = ln B = {chance_loss:.2f}")
+        ax.axhline(
+            chance_loss, color="gray", ls="--", label=f"chance = ln(candidates) = {chance_loss:.2f}"
+        )
     ax.set(xlabel="optimiser step", ylabel="in-batch loss", ylim=(0, None))
     ax.legend(fontsize=8)
     return fig
