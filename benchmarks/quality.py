@@ -20,8 +20,8 @@ mean ± std over seeds; the split is fixed (seed 0), the seed changes init, data
     python benchmarks/quality.py --datasets nq --quick            # 1 seed, 10 training steps
     python benchmarks/quality.py --datasets nq,medquad,squad      # full: 3 seeds
 
-Quick mode is sized for 5 minutes on 2 quiet CPU cores; measured: 16 minutes on 2 cores shared with
-two other jobs (load average 5-8). Full mode is not yet measured.
+Quick mode on nq-sample-dlai, all systems: 197 s on 2 nearly idle CPU cores (981 s on 2 cores
+shared with two other jobs). Full mode is not yet measured.
     python benchmarks/quality.py --datasets path/to/beir-folder   # train qrels -> test qrels
 
 Writes ``<dataset>.md``, ``<dataset>.json`` and ``<dataset>.png`` under ``runs/bench/quality/``.
