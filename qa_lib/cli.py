@@ -16,18 +16,6 @@ from pathlib import Path
 from qa_lib.config import EncoderConfig, TrainConfig
 from qa_lib.errors import QAError
 
-TABLE_KEYS = (
-    "recall@1",
-    "recall@5",
-    "recall@10",
-    "mrr@10",
-    "ndcg@10",
-    "mean_rank",
-    "question_echo_rate",
-    "recall@1_with_echo",
-)
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -78,8 +66,10 @@ def _run_record(args, model, config: TrainConfig, train, history) -> dict:
     }
 
 
-def format_table(results: dict[str, dict[str, float]], keys=TABLE_KEYS) -> str:
-    """A Markdown table: one row per system, one column per metric."""
+def format_table(results: dict[str, dict[str, float]], keys=None) -> str:
+    """A Markdown table: one row per system, one column per metric (default: every metric)."""
+    if keys is None:
+        from qa_lib.evaluate import METRIC_KEYS as keys
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, metrics in results.items():
         cells = [f"{metrics[k]:.3f}" if k in metrics else "-" for k in keys]
