@@ -36,6 +36,23 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+def poison_nth_call(monkeypatch, name: str, n: int, value: float) -> None:
+    """Make the ``n``-th call of ``qa_lib.train.<name>`` return its result times ``value``.
+
+    With ``value`` NaN or inf this simulates a loss that stops being finite at step ``n``.
+    """
+    import qa_lib.train as train_module
+
+    real, calls = getattr(train_module, name), []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        out = real(*args, **kwargs)
+        return out * value if len(calls) == n else out
+
+    monkeypatch.setattr(train_module, name, poisoned)
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> EncoderConfig:
     """A 2-layer, 32-wide random BERT with the packaged tokenizer (about 1M parameters).

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from conftest import poison_nth_call
 from torch.testing import assert_close
 
 from qa_lib import DualEncoder
@@ -213,16 +214,7 @@ def test_metrics_json_records_what_reproduces_the_run(tmp_path, small_tsv, tiny_
 def test_non_finite_loss_exits_2_and_keeps_the_checkpoint(
     tmp_path, small_tsv, tiny_bert_dir, capsys, monkeypatch
 ):
-    import qa_lib.train as train_module
-
-    real_step, calls = train_module.train_step, []
-
-    def nan_at_step_3(*args, **kwargs):
-        calls.append(1)
-        loss = real_step(*args, **kwargs)
-        return loss * float("nan") if len(calls) == 3 else loss
-
-    monkeypatch.setattr(train_module, "train_step", nan_at_step_3)
+    poison_nth_call(monkeypatch, "train_step", 3, float("nan"))
     out = tmp_path / "run"
     err = _error_of(
         [*_train_args(small_tsv, tiny_bert_dir, out), "--checkpoint-every", "1"], capsys

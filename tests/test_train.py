@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import poison_nth_call
 from torch.testing import assert_close
 
 from qa_lib import DualEncoder, QAError, TrainConfig, evaluate, fit
@@ -156,16 +157,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny_config, tiny_splits, monk
 def test_non_finite_loss_keeps_the_last_good_checkpoint(
     tmp_path, tiny_config, tiny_splits, monkeypatch
 ):
-    import qa_lib.train as train_module
-
-    real_loss, calls = train_module.in_batch_loss, []
-
-    def loss_then_inf(*args, **kwargs):
-        calls.append(1)
-        loss = real_loss(*args, **kwargs)
-        return loss * float("inf") if len(calls) == 3 else loss
-
-    monkeypatch.setattr(train_module, "in_batch_loss", loss_then_inf)
+    poison_nth_call(monkeypatch, "in_batch_loss", 3, float("inf"))
     config = TrainConfig(num_epochs=1, checkpoint_every=1, **FAST)
     with pytest.raises(QAError, match="loss became inf at step 3.*checkpoints saved before") as e:
         fit(DualEncoder.from_config(tiny_config), tiny_splits[0], None, config, tmp_path, False)
@@ -208,16 +200,7 @@ def test_deferred_read_back_gives_the_same_run_and_names_the_bad_step(
         runs.append(fit(model, tiny_splits[0], config=config, progress=False))
     assert runs[0].step_loss == runs[1].step_loss and len(runs[1].step_loss) == 6
 
-    import qa_lib.train as train_module
-
-    real_step, calls = train_module.train_step, []
-
-    def nan_on_third(*args, **kwargs):
-        calls.append(1)
-        loss = real_step(*args, **kwargs)
-        return loss * float("nan") if len(calls) == 3 else loss
-
-    monkeypatch.setattr(train_module, "train_step", nan_on_third)
+    poison_nth_call(monkeypatch, "train_step", 3, float("nan"))
     config = TrainConfig(num_epochs=1, log_every=4, **FAST)
     with pytest.raises(QAError, match="loss became nan at step 3"):
         fit(DualEncoder.from_config(tiny_config), tiny_splits[0], config=config, progress=False)
