@@ -89,6 +89,7 @@ def _encoder_config(args) -> EncoderConfig:
         pretrained=not args.random_init,
         normalize=not args.dot,
         proj_dim=args.proj_dim,
+        answer_prior=not args.no_answer_prior,
     )
 
 
@@ -101,6 +102,8 @@ def _train_config(args) -> TrainConfig:
         max_steps=args.max_steps,
         checkpoint_every=getattr(args, "checkpoint_every", None),
         echo_weight=args.echo_weight,
+        prior_lr=args.prior_lr,
+        hard_negatives=args.hard_negatives,
         scale=args.scale,
         device=args.device,
     )
@@ -258,7 +261,25 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--echo-weight",
         type=float,
         default=defaults.echo_weight,
-        help="weight of each question's own text as a negative (0 = off)",
+        help="weight of the echo objective: the answer prior's detector loss, or with "
+        "--no-answer-prior each question's own text as a negative (0 = off)",
+    )
+    p.add_argument(
+        "--no-answer-prior",
+        action="store_true",
+        help="no question flag on the answer side: the echo negative trains the towers instead",
+    )
+    p.add_argument(
+        "--prior-lr",
+        type=float,
+        default=defaults.prior_lr,
+        help="learning rate of the answer prior's detector",
+    )
+    p.add_argument(
+        "--hard-negatives",
+        type=int,
+        default=defaults.hard_negatives,
+        help="BM25-mined wrong answers per pair, as extra negatives (0 = none)",
     )
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean")

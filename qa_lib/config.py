@@ -38,6 +38,9 @@ class EncoderConfig:
     proj_dim: int | None = None  # add a linear projection per tower to this size; None = none
     normalize: bool = True  # True: cosine scores; False: raw dot products
     tied: bool = False  # True: one shared encoder for questions and answers
+    answer_prior: bool = True  # separate towers: the answer tower flags question-like texts, and
+    # a flagged text loses 1 from every score (one extra embedding column; see DualEncoder)
+    prior_depth: float = 0.67  # the flag's detector reads the layer at this share of the depth
     pretrained: bool = True  # False: random init from the same config (as the original lesson)
     max_q_len: int = 32  # question tokens kept
     max_a_len: int = 128  # answer tokens kept
@@ -56,7 +59,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables
     scale: float = 20.0  # inverse temperature multiplying the scores before the softmax
     symmetric: bool = False  # also score each answer against all questions
-    echo_weight: float = 1.0  # weight of the question-echo negative (0 = plain in-batch loss)
+    echo_weight: float = 1.0  # weight of the echo objective: the answer prior's detector loss, or
+    # without the prior, the question-echo negative in the in-batch loss (0 = neither)
+    prior_lr: float = 0.1  # AdamW learning rate of the answer prior's detector (a linear probe
+    # trained from zero in a few dozen steps: far above the towers' rate)
     hard_negatives: int = 0  # BM25-mined wrong answers per pair added as extra negatives (0 = none)
     seed: int = 0  # seeds data order, dropout and any random init
     max_steps: int | None = None  # stop after this many optimiser steps (None = all epochs)

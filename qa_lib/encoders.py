@@ -20,6 +20,8 @@ from qa_lib.config import EncoderConfig, resolve_model_name
 from qa_lib.errors import QAError
 
 OPTIONS_FILE = "dual_encoder.json"  # written last: its presence marks a complete save
+HEADS_FILE = "heads.safetensors"  # the projections and the answer prior, when there are any
+LEGACY_HEADS_FILE = "projection.safetensors"  # what models saved before the answer prior have
 
 
 def _hub_error(name: str, exc: Exception) -> QAError:
@@ -119,6 +121,12 @@ class DualEncoder(nn.Module):
         make_head = (lambda: nn.Linear(hidden, config.proj_dim)) if config.proj_dim else nn.Identity
         self.q_proj = make_head()
         self.a_proj = self.q_proj if config.tied else make_head()
+        # the answer prior: a linear question detector on the answer tower's middle layer;
+        # zero at the start, so it is undecided and flags nothing
+        self.a_prior = nn.Linear(hidden, 1) if self.has_prior else None
+        if self.a_prior is not None:
+            nn.init.zeros_(self.a_prior.weight)
+            nn.init.zeros_(self.a_prior.bias)
         self.tokenizer = tokenizer
 
     # ------------------------------------------------------------------ construction
@@ -153,30 +161,97 @@ class DualEncoder(nn.Module):
         return next(self.parameters()).device
 
     @property
+    def has_prior(self) -> bool:
+        """Whether the answer prior is on: ``answer_prior``, separate towers, cosine scores.
+
+        A tied encoder has no answer-only part; with raw dot products a flag's -1 would not be
+        the whole range of a score.
+        """
+        return self.config.answer_prior and not self.config.tied and self.config.normalize
+
+    @property
     def dim(self) -> int:
-        """Embedding size."""
-        return self.config.proj_dim or self.q_encoder.config.hidden_size
+        """Embedding size (one more than the towers' output with the answer prior)."""
+        return (self.config.proj_dim or self.q_encoder.config.hidden_size) + self.has_prior
 
     # ------------------------------------------------------------------ differentiable path
     def tokenize(self, texts: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
         """Tokenise and pad to the longest text (at most ``max_len`` tokens)."""
         return _tokenize(self.tokenizer, texts, max_len)
 
-    def _embed(self, encoder: nn.Module, head: nn.Module, batch: dict) -> torch.Tensor:
+    def _pooled(self, tower: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One tower's pooled output, and for the answer prior its pooled middle layer.
+
+        Returns:
+            ``(pooled, form)``: shape (batch, hidden) each; ``form`` is None without a prior.
+        """
+        encoder = self.q_encoder if tower == "question" else self.a_encoder
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        hidden = encoder(**batch).last_hidden_state
-        emb = head(pool(hidden, batch["attention_mask"], self.config.pooling))
+        form_needed = self.has_prior and tower == "answer"
+        out = encoder(**batch, output_hidden_states=form_needed)
+        mask = batch["attention_mask"]
+        pooled = pool(out.last_hidden_state, mask, self.config.pooling)
+        if not form_needed:
+            return pooled, None
+        return pooled, pool(out.hidden_states[self.prior_layer], mask, "mean")
+
+    def _head(self, tower: str, pooled: torch.Tensor, form: torch.Tensor | None) -> torch.Tensor:
+        """Pooled vectors to embeddings: projection, normalisation, the answer prior column."""
+        emb = (self.q_proj if tower == "question" else self.a_proj)(pooled)
         if self.config.normalize:
             emb = nn.functional.normalize(emb.float(), dim=-1)
-        return emb
+        if not self.has_prior:
+            return emb
+        # score = q · a + prior(a): questions carry a constant 1 where answers carry the prior
+        extra = torch.ones_like(emb[:, :1]) if tower == "question" else self._prior(form)
+        return torch.cat([emb.float(), extra.float()], dim=-1)
+
+    def _embed(self, tower: str, batch: dict) -> torch.Tensor:
+        return self._head(tower, *self._pooled(tower, batch))
+
+    @property
+    def prior_layer(self) -> int:
+        """The hidden layer the answer prior reads (0 = the token embeddings)."""
+        layers = self.a_encoder.config.num_hidden_layers
+        return max(1, min(layers, round(self.config.prior_depth * layers)))
+
+    def _prior(self, form: torch.Tensor) -> torch.Tensor:
+        """The answer prior, in [-1, 0]: minus the probability that the text is a question.
+
+        A linear detector on the answer tower's mean-pooled middle layer, where the surface form
+        of a text (an interrogative, word order) is still plain; the last layer's meaning-based
+        vectors tell questions from answers much worse. It sends no gradients back: the towers
+        are trained by the in-batch loss alone. Shape (batch, 1).
+        """
+        with torch.autocast(form.device.type, enabled=False):  # fp32: bf16 rounds p to 1 early
+            return -torch.sigmoid(self.a_prior(form.detach().float()))
 
     def embed_questions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Question embeddings (with gradients). Shape (batch, dim)."""
-        return self._embed(self.q_encoder, self.q_proj, batch)
+        return self._embed("question", batch)
 
     def embed_answers(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Answer embeddings (with gradients). Shape (batch, dim)."""
-        return self._embed(self.a_encoder, self.a_proj, batch)
+        return self._embed("answer", batch)
+
+    def embed_echoes(self, q_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Questions embedded by the answer tower: the echo the training must push down.
+
+        With the answer prior, only its detector learns from echoes, so the tower runs without
+        gradients and without dropout (the towers then train exactly as without echoes);
+        without it, this is :meth:`embed_answers` (the echo negative trains the towers).
+        Shape (batch, dim).
+        """
+        if not self.has_prior:
+            return self.embed_answers(q_batch)
+        was_training = self.a_encoder.training
+        self.a_encoder.eval()  # no dropout: the towers' random stream is that of a run without
+        try:
+            with torch.no_grad():
+                pooled, form = self._pooled("answer", q_batch)
+        finally:
+            self.a_encoder.train(was_training)
+        return self._head("answer", pooled, form)
 
     def forward(self, q_batch: dict, a_batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(q_emb, a_emb)``, shapes (batch, dim) and (n_answers, dim)."""
@@ -216,7 +291,10 @@ class DualEncoder(nn.Module):
             bar = tqdm(batches, total=total, desc=f"encode {tower}s", disable=not progress)
             for idx, batch in bar:
                 with _autocast(self.device):
-                    out[torch.tensor(idx, device=self.device)] = embed(batch).float()
+                    emb = embed(batch).float()
+                if tower == "answer" and self.has_prior:
+                    emb[:, -1] = harden_prior(emb[:, -1])
+                out[torch.tensor(idx, device=self.device)] = emb
         finally:
             self.train(was_training)
         return out.cpu()
@@ -274,13 +352,12 @@ class DualEncoder(nn.Module):
                 for sub, encoder in towers.items():
                     encoder.save_pretrained(tmp / sub)
             self.tokenizer.save_pretrained(tmp / "tokenizer")
-            if self.config.proj_dim:
-                heads = {f"q_proj.{k}": v for k, v in self.q_proj.state_dict().items()}
-                if not self.config.tied:
-                    heads.update({f"a_proj.{k}": v for k, v in self.a_proj.state_dict().items()})
+            kinds = ("q_proj", "a_prior") if self.config.tied else ("q_proj", "a_proj", "a_prior")
+            heads = {k: v for k, v in self.state_dict().items() if k.split(".")[0] in kinds}
+            if heads:
                 save_file(
                     {k: v.contiguous().cpu() for k, v in heads.items()},
-                    str(tmp / "projection.safetensors"),
+                    str(tmp / HEADS_FILE),
                 )
             options = {**asdict(self.config), "model_overrides": dict(self.config.model_overrides)}
             (tmp / OPTIONS_FILE).write_text(json.dumps(options, indent=2))
@@ -307,6 +384,7 @@ class DualEncoder(nn.Module):
             )
         options = json.loads((folder / OPTIONS_FILE).read_text())
         options["model_overrides"] = tuple(options.get("model_overrides", {}).items())
+        options.setdefault("answer_prior", False)  # saved before the option existed: none
         config = EncoderConfig(**options)
         with quiet_transformers():
             if config.tied:
@@ -315,9 +393,28 @@ class DualEncoder(nn.Module):
                 q_encoder = AutoModel.from_pretrained(folder / "question_encoder")
                 a_encoder = AutoModel.from_pretrained(folder / "answer_encoder")
         model = cls(config, q_encoder, a_encoder, load_tokenizer(str(folder / "tokenizer")))
-        if config.proj_dim:
-            model.load_state_dict(load_file(str(folder / "projection.safetensors")), strict=False)
+        if config.proj_dim or model.has_prior:
+            heads = folder / HEADS_FILE
+            if not heads.is_file() and (folder / LEGACY_HEADS_FILE).is_file():
+                heads = folder / LEGACY_HEADS_FILE
+            if not heads.is_file():
+                raise QAError(
+                    f"{folder}: {HEADS_FILE} is missing (the projections or the answer prior); "
+                    f"copy the whole folder written by DualEncoder.save"
+                )
+            model.load_state_dict(load_file(str(heads)), strict=False)
         return model.to(device) if device else model
+
+
+def harden_prior(prior: torch.Tensor) -> torch.Tensor:
+    """The answer prior as search uses it: -1 for a text the detector calls a question, else 0.
+
+    Training uses the smooth prior (minus the detector's probability) for the detector's loss;
+    for ranking, a flag is better: a text flagged as a question loses 1, the whole range of a
+    cosine, so it ranks below every real answer, and the answers themselves keep the order of
+    the towers' cosines exactly, without the detector's small doubts added to it.
+    """
+    return -(prior < -0.5).to(prior.dtype)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -114,13 +114,20 @@ def cached_train_step(model, data, idx: list[int], config) -> torch.Tensor:
         [q_ids, [data.a_ids[i] for i in rows]],
     )
     if config.echo_weight > 0:
-        embeds.append(model.embed_answers)
+        embeds.append(model.embed_echoes)
         ids.append(q_ids)
     answer_ids = data.answer_ids[rows].to(model.device)
 
     def loss_fn(q_emb, a_emb, echo_emb=None):
         return in_batch_loss(
-            q_emb, a_emb, config.scale, config.symmetric, answer_ids, echo_emb, config.echo_weight
+            q_emb,
+            a_emb,
+            config.scale,
+            config.symmetric,
+            answer_ids,
+            echo_emb,
+            config.echo_weight,
+            model.has_prior,
         )
 
     def autocast_embed(embed):

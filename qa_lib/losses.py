@@ -32,6 +32,7 @@ def in_batch_loss(
     answer_ids: torch.Tensor | None = None,
     echo_emb: torch.Tensor | None = None,
     echo_weight: float = 1.0,
+    answer_prior: bool = False,
 ) -> torch.Tensor:
     """Cross-entropy over scaled dot products, the correct answer on the diagonal.
 
@@ -48,11 +49,21 @@ def in_batch_loss(
         echo_emb: each question encoded by the answer tower; added as one extra negative per
             row, so the model learns to rank the correct answer above the question's own text.
             Shape (batch, dim).
-        echo_weight: how many negatives the echo counts as (its logit gets ``+ ln echo_weight``).
+        echo_weight: how many negatives the echo counts as (its logit gets ``+ ln echo_weight``);
+            with ``answer_prior``, the weight of :func:`prior_loss` instead.
+        answer_prior: the last column of the answer and echo embeddings is the answer prior
+            (:class:`qa_lib.DualEncoder` with ``answer_prior``). The echoes then train the prior
+            only, through :func:`prior_loss`; the in-batch loss sees the prior as a constant.
 
     Returns:
-        The mean loss, a scalar. Chance level with ``B`` candidates is ``ln B``.
+        The mean loss, a scalar. Chance level with ``B`` candidates is ``ln B`` (plus
+        ``echo_weight * ln 2`` with the answer prior).
     """
+    if answer_prior:
+        loss = in_batch_loss(q_emb[:, :-1], a_emb[:, :-1], scale, symmetric, answer_ids)
+        if echo_emb is None or echo_weight <= 0:
+            return loss
+        return loss + echo_weight * prior_loss(a_emb[:, -1], echo_emb[:, -1])
     batch = q_emb.shape[0]
     scores = scale * (q_emb @ a_emb.T)  # (batch, batch + extra)
     if answer_ids is not None:
@@ -66,3 +77,22 @@ def in_batch_loss(
     if symmetric:
         loss = (loss + F.cross_entropy(scores[:, :batch].T, labels)) / 2
     return loss
+
+
+def prior_loss(answer_prior: torch.Tensor, echo_prior: torch.Tensor) -> torch.Tensor:
+    """Teach the answer prior's detector that answers are answers and echoed questions are not.
+
+    The prior is ``-p`` with ``p`` the detector's probability that a text is a question; this is
+    the binary cross-entropy of ``p`` (answers: 0, echoes: 1), the two sides weighted equally.
+
+    Args:
+        answer_prior: the prior of the batch's answers. Shape (n_answers,).
+        echo_prior: the prior of the batch's questions read by the answer tower. Shape (batch,).
+
+    Returns:
+        A scalar; ``ln 2`` for a detector that cannot tell them apart (p = 0.5 everywhere).
+    """
+    tiny = 1e-7
+    p_answer = (-answer_prior).clamp(tiny, 1 - tiny)
+    p_echo = (-echo_prior).clamp(tiny, 1 - tiny)
+    return -(torch.log1p(-p_answer).mean() + torch.log(p_echo).mean()) / 2

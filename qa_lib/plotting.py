@@ -18,7 +18,8 @@ def plot_loss(step_loss: Sequence[float], chance_loss: float | None = None, smoo
     """Training loss per step, smoothed, with the chance level as a dashed line.
 
     Chance is ln(candidates per question): ln B for the plain loss over a batch of B, ln(B + 1)
-    with the echo negative (``History.chance_loss`` holds the right value).
+    with the echo negative, ln B + ln 2 with the answer prior's detector loss
+    (``History.chance_loss`` holds the right value).
     """
     fig, ax = _figure()
     steps = np.arange(1, len(step_loss) + 1)
@@ -74,6 +75,47 @@ def plot_metric_bars(
     ax.set_xticks(np.arange(len(keys)) + width * (len(results) - 1) / 2, labels, fontsize=7)
     ax.set(ylim=(0, 1.1), ylabel="score")
     fig.legend(loc="outside upper center", ncols=3, fontsize=8)
+    return fig
+
+
+def plot_echo_tradeoff(
+    results: Mapping[str, Mapping[str, float]],
+    marked: str | None = None,
+    chance: float | None = None,
+):
+    """Recall@1 against the question-echo rate, one point per system (up and left is better).
+
+    Args:
+        results: per system, ``recall@1`` and ``question_echo_rate`` (optionally with
+            ``recall@1_std`` and ``question_echo_rate_std``, drawn as error bars).
+        marked: the system to mark as the chosen default (a star).
+        chance: chance Recall@1, as a dashed line.
+    """
+    fig, ax = _figure((6, 3.5))
+    for i, (name, m) in enumerate(results.items()):
+        star = name == marked
+        ax.errorbar(
+            m["question_echo_rate"],
+            m["recall@1"],
+            xerr=m.get("question_echo_rate_std") or None,
+            yerr=m.get("recall@1_std") or None,
+            fmt="*" if star else "o",
+            ms=12 if star else 5,
+            color="tab:red" if star else "tab:blue",
+            capsize=2,
+        )
+        label = f"{name} (default)" if star else name
+        ax.annotate(
+            label,
+            (m["question_echo_rate"], m["recall@1"]),
+            fontsize=7,
+            xytext=(5, 4 if i % 2 == 0 else -10),  # alternate, so close points stay readable
+            textcoords="offset points",
+        )
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls="--", label=f"chance recall@1 = {chance:.3f}")
+        ax.legend(fontsize=8, loc="lower left")
+    ax.set(xlabel="question-echo rate (lower is better)", ylabel="recall@1", xlim=(-0.05, 1.05))
     return fig
 
 

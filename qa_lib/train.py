@@ -155,14 +155,19 @@ def prepare_model(model: DualEncoder, config: TrainConfig) -> DualEncoder:
 
 
 def make_optimizer(model: DualEncoder, config: TrainConfig, total_steps: int):
-    """AdamW (no decay on biases and LayerNorm) and a warm-up + linear-decay schedule."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+    """AdamW (no decay on biases and LayerNorm; the prior at ``prior_lr``); warm-up, then decay."""
+    by_kind: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
+            prior = name.startswith("a_prior.")
+            by_kind.setdefault((prior, param.ndim >= 2), []).append(param)
     groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decay else 0.0,
+            "lr": config.prior_lr if prior else config.lr,
+        }
+        for (prior, decay), params in sorted(by_kind.items())
     ]
     fused = model.device.type == "cuda"
     optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=fused)
@@ -174,6 +179,16 @@ def make_optimizer(model: DualEncoder, config: TrainConfig, total_steps: int):
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def chance_loss(batch: int, config: TrainConfig, model: DualEncoder) -> float:
+    """The loss of a model that tells nothing apart: ``ln`` of the candidates per question
+    (the batch's answers, plus the echo negative when it is one), plus ``echo_weight * ln 2``
+    for the answer prior's detector when it learns from the echoes."""
+    echo = max(config.echo_weight, 0.0)
+    if model.has_prior:
+        return math.log(batch) + echo * math.log(2)
+    return math.log(batch + echo)
 
 
 def answer_rows(data: TokenizedPairs, idx: list[int]) -> list[int]:
@@ -203,7 +218,7 @@ def train_step(model: DualEncoder, data: TokenizedPairs, idx: list[int], config:
         a_emb = embed_in_chunks(
             model.embed_answers, [data.a_ids[i] for i in rows], data.pad_id, chunks
         )
-        echo_emb = model.embed_answers(q_batch) if config.echo_weight > 0 else None
+        echo_emb = model.embed_echoes(q_batch) if config.echo_weight > 0 else None
         loss = in_batch_loss(
             q_emb,
             a_emb,
@@ -212,6 +227,7 @@ def train_step(model: DualEncoder, data: TokenizedPairs, idx: list[int], config:
             data.answer_ids[rows].to(model.device),
             echo_emb,
             config.echo_weight,
+            model.has_prior,
         )
     loss.backward()
     return loss.detach()
@@ -283,8 +299,7 @@ def fit(
         total = min(total, config.max_steps)
     optimizer, scheduler = make_optimizer(model, config, total)
     batch = min(config.batch_size, len(train))
-    echo = config.echo_weight if config.echo_weight > 0 else 0.0
-    history, run = History(chance_loss=math.log(batch + echo)), RunState()
+    history, run = History(chance_loss=chance_loss(batch, config, model)), RunState()
     identity = _identity(config, model, train.fingerprint())
     checkpoint = partial(_checkpoint, out_dir, model, optimizer, scheduler, identity)
     if resume:
@@ -335,7 +350,14 @@ def _apply_step(
     reaches the weights; otherwise they are queued for :func:`_read_back` (no host sync now).
     """
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf  # inf: check only
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    # the towers and the answer prior's detector are clipped apart, so the detector's gradient
+    # never rescales the towers' (they then train exactly as without the echo objective)
+    towers, prior = [], []
+    for name, param in model.named_parameters():
+        (prior if name.startswith("a_prior.") else towers).append(param)
+    norm = torch.nn.utils.clip_grad_norm_(towers, max_norm)
+    if prior:
+        norm = norm + torch.nn.utils.clip_grad_norm_(prior, max_norm)  # summed: checked below
     if pending is None:
         _check_finite("loss", loss.item(), run.step, out_dir)
         _check_finite("gradient norm", norm.item(), run.step, out_dir)

@@ -221,3 +221,15 @@ def test_non_finite_loss_exits_2_and_keeps_the_checkpoint(
     )
     assert "loss became nan at step 3" in err
     assert load_latest_checkpoint(out)["step"] == 2
+
+
+def test_echo_and_negative_options_reach_the_configs():
+    from qa_lib.cli import _encoder_config, _train_config, build_parser
+
+    args = build_parser().parse_args(["train", "--data", "default", "--out", "x"])
+    assert _encoder_config(args).answer_prior and _train_config(args).prior_lr == 0.1
+    options = "--no-answer-prior --prior-lr 0.2 --hard-negatives 2 --echo-weight 0.5".split()
+    args = build_parser().parse_args(["train", "--data", "default", "--out", "x", *options])
+    encoder, train = _encoder_config(args), _train_config(args)
+    assert not encoder.answer_prior
+    assert (train.prior_lr, train.hard_negatives, train.echo_weight) == (0.2, 2, 0.5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from qa_lib import TrainConfig, in_batch_loss
+from qa_lib import DualEncoder, TrainConfig, in_batch_loss
 from qa_lib.gradcache import cached_train_step, length_sorted_chunks
 from qa_lib.train import tokenize_pairs, train_step
 
@@ -22,8 +22,15 @@ def _plain_reference(model, pairs, config) -> torch.Tensor:
     q_batch = model.tokenize(pairs.questions, model.config.max_q_len)
     a_batch = model.tokenize(pairs.answers, model.config.max_a_len)
     q_emb, a_emb = model(q_batch, a_batch)
-    echo = model.embed_answers(model.tokenize(pairs.questions, model.config.max_a_len))
-    loss = in_batch_loss(q_emb, a_emb, config.scale, echo_emb=echo, echo_weight=config.echo_weight)
+    echo = model.embed_echoes(model.tokenize(pairs.questions, model.config.max_a_len))
+    loss = in_batch_loss(
+        q_emb,
+        a_emb,
+        config.scale,
+        echo_emb=echo,
+        echo_weight=config.echo_weight,
+        answer_prior=model.has_prior,
+    )
     loss.backward()
     return loss.detach()
 
@@ -34,8 +41,11 @@ def batch(tiny_model, tiny_splits):
     return pairs, tokenize_pairs(tiny_model, pairs), list(range(16))
 
 
-def test_fast_path_and_gradient_cache_match_the_plain_step(tiny_model, batch):
-    pairs, data, idx = batch
+@pytest.mark.parametrize("answer_prior", [True, False], ids=["answer-prior", "echo-negative"])
+def test_fast_path_and_gradient_cache_match_the_plain_step(tiny_config, tiny_splits, answer_prior):
+    tiny_model = DualEncoder.from_config(tiny_config, seed=0, answer_prior=answer_prior)
+    pairs = tiny_splits[0].select(range(16))
+    data, idx = tokenize_pairs(tiny_model, pairs), list(range(16))
     tiny_model.eval()  # no dropout: every path computes the same function
     config = TrainConfig(answer_chunks=4)
     loss_ref = _plain_reference(tiny_model, pairs, config)
@@ -47,6 +57,7 @@ def test_fast_path_and_gradient_cache_match_the_plain_step(tiny_model, batch):
     assert_close(loss_fast, loss_ref, atol=1e-5, rtol=1e-5)
     assert_close(loss_cached, loss_ref, atol=1e-5, rtol=1e-5)
     assert ref.keys() == fast.keys() == cached.keys() and len(ref) > 10
+    assert ("a_prior.weight" in ref) == answer_prior
     for name in ref:
         assert_close(fast[name], ref[name], atol=1e-5, rtol=1e-4, msg=name)
         assert_close(cached[name], ref[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -24,7 +24,7 @@ def test_training_beats_the_untrained_model(tiny_config, tiny_splits):
     assert after["mrr@10"] > before["mrr@10"] + 0.2
     assert after["recall@1"] > before["recall@1"]
     assert len(history.epochs) == 8 and "recall@1" in history.epochs[0]
-    assert history.chance_loss == pytest.approx(math.log(16 + 1))
+    assert history.chance_loss == pytest.approx(math.log(16) + math.log(2))  # + the detector
 
 
 def test_same_seed_same_history(tiny_config, tiny_splits):
@@ -204,3 +204,48 @@ def test_deferred_read_back_gives_the_same_run_and_names_the_bad_step(
     config = TrainConfig(num_epochs=1, log_every=4, **FAST)
     with pytest.raises(QAError, match="loss became nan at step 3"):
         fit(DualEncoder.from_config(tiny_config), tiny_splits[0], config=config, progress=False)
+
+
+def test_the_echo_objective_leaves_the_towers_as_without_it(tiny_config, tiny_splits):
+    """With the answer prior, echoes train only the detector: the towers come out identical."""
+    towers = {}
+    for weight in (1.0, 0.0):
+        model = DualEncoder.from_config(tiny_config, seed=0)
+        fit(
+            model,
+            tiny_splits[0],
+            config=TrainConfig(num_epochs=1, echo_weight=weight, **FAST),
+            progress=False,
+        )
+        towers[weight] = model
+    trained, plain = towers[1.0], towers[0.0]
+    for (name, a), b in zip(trained.state_dict().items(), plain.state_dict().values()):
+        if name.startswith("a_prior."):
+            assert not torch.equal(a, b), "the detector learned from the echoes"
+        else:
+            assert torch.equal(a, b), name
+
+
+def test_answer_prior_learns_to_flag_questions(tiny_config, default_splits):
+    train, test = default_splits["train"], default_splits["test"]
+    model = DualEncoder.from_config(tiny_config, seed=0)
+    fit(model, train, config=TrainConfig(num_epochs=2, **FAST), progress=False)
+    flagged_questions = (model.encode_answers(test.questions)[:, -1] == -1).float().mean()
+    flagged_answers = (model.encode_answers(test.answers)[:, -1] == -1).float().mean()
+    assert flagged_questions > 0.9 and flagged_answers < 0.1, (flagged_questions, flagged_answers)
+    assert evaluate(model, test)["question_echo_rate"] < 0.1
+
+
+def test_the_detector_gets_its_own_learning_rate(tiny_model):
+    from qa_lib.train import make_optimizer
+
+    optimizer, _ = make_optimizer(tiny_model, TrainConfig(lr=1e-5, prior_lr=0.3), 10)
+    prior = {id(p) for p in tiny_model.a_prior.parameters()}
+    for group in optimizer.param_groups:
+        in_group = {id(p) for p in group["params"]}
+        assert not in_group or in_group <= prior or not in_group & prior
+        expected = 0.3 if in_group <= prior else 1e-5
+        assert group["initial_lr"] == pytest.approx(expected)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(
+        list(tiny_model.parameters())
+    )
