@@ -6,10 +6,15 @@ Every system is measured in one run on the same split and the same candidate poo
   random_init     the original lesson's towers: a 3-layer BERT of the MiniLM config with random
                   weights, CLS pooling, raw dot product, no echo term, 5 epochs
   untrained       the pretrained MiniLM towers (qa_lib defaults), not trained
-  qa_lib          qa_lib fine-tuned, two separate towers, library defaults (echo negative on)
-  qa_lib_tied     the same with one shared tower
+  qa_lib          qa_lib fine-tuned, two separate towers, library defaults (the answer prior's
+                  question detector learns from the echoes)
+  qa_lib_tied     the same with one shared tower (no answer prior: a tied model has no answer side)
   qa_lib_hardneg  qa_lib with one BM25-mined hard negative per pair (qa_lib.negatives)
-  qa_lib_noecho   qa_lib without the echo negative (plain in-batch loss): what the echo costs
+  qa_lib_noecho   qa_lib without the echo objective: the same towers, the detector untrained
+  echo_negative   no answer prior; each question's echo is one extra in-batch negative (weight 1)
+                  that trains the towers apart: the first fix tried (issue 6)
+  echo_negative_w0.1  the same with weight 0.1
+  prior_lr_0.02   qa_lib with the detector's learning rate at 0.02 instead of 0.1
   st_mnrl         sentence-transformers MultipleNegativesRankingLoss from the same base model with
                   the same data, epochs, batch size, learning rate and weight decay
 
@@ -19,12 +24,15 @@ mean ± std over seeds; the split is fixed (seed 0), the seed changes init, data
 
     python benchmarks/quality.py --datasets nq --quick            # 1 seed, 10 training steps
     python benchmarks/quality.py --datasets nq,medquad,squad      # full: 3 seeds
-
-Quick mode on nq-sample-dlai, all systems: 197 s on 2 nearly idle CPU cores (981 s on 2 cores
-shared with two other jobs). Full mode is not yet measured.
     python benchmarks/quality.py --datasets path/to/beir-folder   # train qrels -> test qrels
+    python benchmarks/quality.py --datasets nq --echo-curve --systems qa_lib,qa_lib_noecho
 
-Writes ``<dataset>.md``, ``<dataset>.json`` and ``<dataset>.png`` under ``runs/bench/quality/``.
+Quick mode on nq-sample-dlai, the eight main systems: 190 s on 2 quiet CPU cores. Full mode is not
+yet measured (estimated two to three hours on that CPU).
+
+Writes ``<dataset>.md``, ``<dataset>.json`` and ``<dataset>.png`` under ``runs/bench/quality/``;
+with two or more of the echo variants (qa_lib, qa_lib_noecho, echo_negative, ...) also
+``<dataset>-echo.md`` and ``<dataset>-echo.png``: the echo rate against Recall@1, default marked.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ FILES = {
     "medquad": "medquad/medquad_qa_pairs.jsonl.gz",
     "squad": "squad-v1.1/dev-v1.1.json",
 }
-SYSTEMS = (
+MAIN_SYSTEMS = (
     "bm25",
     "random_init",
     "untrained",
@@ -57,8 +65,20 @@ SYSTEMS = (
     "qa_lib_noecho",
     "st_mnrl",
 )
+ECHO_EXTRA = ("echo_negative", "echo_negative_w0.1", "prior_lr_0.02")  # with --echo-curve
+SYSTEMS = MAIN_SYSTEMS + ECHO_EXTRA
+# echo-trade-off systems: qa_lib variants that differ only in how the echo is pushed down
+ECHO_VARIANTS = ("qa_lib", "qa_lib_noecho", "echo_negative", "echo_negative_w0.1", "prior_lr_0.02")
 SEEDLESS = ("bm25", "untrained")  # deterministic: measured once
-KEYS = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "question_echo_rate")
+KEYS = (
+    "recall@1",
+    "recall@5",
+    "recall@10",
+    "mrr@10",
+    "ndcg@10",
+    "question_echo_rate",
+    "recall@1_with_echo",
+)
 
 
 @dataclass
@@ -235,6 +255,9 @@ def qa_lib_system(system: str):
         "qa_lib_tied": (dict(tied=True), {}),
         "qa_lib_hardneg": ({}, dict(hard_negatives=1)),
         "qa_lib_noecho": ({}, dict(echo_weight=0.0)),
+        "echo_negative": (dict(answer_prior=False), dict(echo_weight=1.0)),
+        "echo_negative_w0.1": (dict(answer_prior=False), dict(echo_weight=0.1)),
+        "prior_lr_0.02": ({}, dict(prior_lr=0.02)),
     }[system]
 
 
@@ -374,6 +397,52 @@ def plot(results: dict, chance: float, path: Path) -> None:
     save_figure(fig, path)
 
 
+ECHO_HOW = {
+    "qa_lib": "answer prior (default): the answer tower flags questions; towers untouched",
+    "qa_lib_noecho": "none: the plain in-batch loss",
+    "echo_negative": "each question, via the answer tower, as one extra negative (weight 1)",
+    "echo_negative_w0.1": "the same with weight 0.1",
+    "prior_lr_0.02": "answer prior, its detector at learning rate 0.02 (default 0.1)",
+}
+
+
+def echo_tradeoff(name: str, info: dict, results: dict, out: Path) -> str | None:
+    """The echo variants' table and plot (echo rate vs Recall@1); None if fewer than two ran.
+
+    ``Δ recall@1`` is paired by seed against ``qa_lib_noecho``: the same seeds, so the same data
+    order; with the answer prior the towers are even the same (only the flag differs).
+    """
+    from qa_lib.plotting import plot_echo_tradeoff, save_figure
+
+    variants = [v for v in ECHO_VARIANTS if v in results]
+    if len(variants) < 2:
+        return None
+    base = results.get("qa_lib_noecho")
+    lines = [
+        f"#### {name}: the echo trade-off ({info['n_questions']} test questions)",
+        "",
+        "| system | how the echo is pushed down | seeds | echo rate | recall@1 "
+        "| Δ recall@1 vs no echo | recall@1 with echo |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in variants:
+        r = results[v]
+        delta = "–"
+        if base is not None and v != "qa_lib_noecho":
+            pairs = [a["recall@1"] - b["recall@1"] for a, b in zip(r["runs"], base["runs"])]
+            delta = f"{statistics.fmean(pairs):+.3f}"
+        lines.append(
+            f"| {v} | {ECHO_HOW[v]} | {r['seeds']} | {fmt(r, 'question_echo_rate')} | "
+            f"{fmt(r, 'recall@1')} | {delta} | {fmt(r, 'recall@1_with_echo')} |"
+        )
+    text = "\n".join(lines)
+    (out / f"{name}-echo.md").write_text(text + "\n")
+    points = {s: r for s, r in results.items() if s not in ("random_init",)}
+    fig = plot_echo_tradeoff(points, marked="qa_lib" if "qa_lib" in results else None)
+    save_figure(fig, out / f"{name}-echo.png")
+    return text
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -407,7 +476,8 @@ def run_dataset(name: str, data_dir: Path, budget: Budget, systems, out: Path) -
     (out / f"{setup.name}.json").write_text(json.dumps(record, indent=2))
     (out / f"{setup.name}.md").write_text(text + "\n")
     plot(results, info["chance"], out / f"{setup.name}.png")
-    return text
+    tradeoff = echo_tradeoff(setup.name, info, results, out)
+    return text if tradeoff is None else f"{text}\n\n{tradeoff}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -415,7 +485,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--datasets", default="nq,medquad,squad", help="names or BEIR folders")
     parser.add_argument("--quick", action="store_true", help="subsampled, 1 seed (<= 5 min)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per trained system")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(MAIN_SYSTEMS), help=f"from {SYSTEMS}")
+    parser.add_argument(
+        "--echo-curve",
+        action="store_true",
+        help=f"also run {ECHO_EXTRA}: more points on the echo trade-off curve",
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--max-train", type=int, default=None, help="training pairs kept")
     parser.add_argument("--data-dir", default=str(SHARED))
@@ -431,6 +506,8 @@ def main(argv=None) -> None:
     changes["progress"] = args.progress or None
     budget = replace(budget, **{k: v for k, v in changes.items() if v is not None})
     systems = [s for s in args.systems.split(",") if s]
+    if args.echo_curve:
+        systems += [s for s in ECHO_EXTRA if s not in systems]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         sys.exit(f"unknown systems {sorted(unknown)}; choose from {list(SYSTEMS)}")
