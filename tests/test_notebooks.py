@@ -132,7 +132,7 @@ def test_evaluation_notebook_records_the_comparison_and_the_study(smoke_results)
     for side in ("test_untrained", "test_trained"):
         assert all(0.0 <= r[side][k] <= 1.0 for k in keys)
     assert r["train_trained"]["mrr@10"] > r["train_untrained"]["mrr@10"]
-    assert r["study_seeds"] == 2 and len(r["study"]) == 3
+    assert r["study_seeds"] == 2 and len(r["study"]) == 4
     for stats in r["study"].values():
         assert set(stats) >= {"recall@1", "question_echo_rate", "recall@1_with_echo"}
     # a shared cosine encoder scores each question's echo at 1.0: it can never pass
