@@ -6,9 +6,10 @@ Measured in one run, same model, batch, data and lengths, each system in its own
           maximum length, CLS pooling, torch AdamW)
   st      sentence-transformers' trainer with MultipleNegativesRankingLoss (one shared tower,
           mean pooling, bf16 on CUDA), the tool practitioners pick
-  qa_lib  qa_lib.train.fit with its defaults (two towers, echo negative on, pre-tokenised,
+  qa_lib  qa_lib.train.fit with its defaults (two towers, the answer prior's detector learning from
+          the echoes: the questions read once more by the answer tower, forward only; pre-tokenised,
           length-sorted answer chunks; bf16 autocast, SDPA and fused AdamW on CUDA)
-  qa_lib-noecho  the same without the echo negative (the same work per pair as st)
+  qa_lib-noecho  the same without the echo objective (the same work per pair as st)
   qa_lib-compile, qa_lib-noecho-compile  the same with torch.compile (GPU preset)
 
 Steady-state pairs/s are timed between step boundaries after warm-up steps (with a device
@@ -333,7 +334,7 @@ def flops_per_pair(spec: Spec, echo: bool) -> float:
         return 6 * n_weights * t + 12 * layers * d * t * t
 
     total = per_sequence(spec.max_q_len) + per_sequence(spec.max_a_len)
-    return total + (per_sequence(spec.max_q_len) if echo else 0.0)
+    return total + (per_sequence(spec.max_q_len) / 3 if echo else 0.0)  # echoes: forward only
 
 
 def matmul_tflops() -> float:
