@@ -32,8 +32,9 @@ def test_bf16_fast_path_matches_fp32_reference(tiny_config, tiny_splits):
     data, idx = tokenize_pairs(model, pairs), list(range(32))
     q = model.tokenize(pairs.questions, model.config.max_q_len)
     a = model.tokenize(pairs.answers, model.config.max_a_len)
-    echo = model.embed_answers(model.tokenize(pairs.questions, model.config.max_a_len))
-    reference = in_batch_loss(*model(q, a), echo_emb=echo)  # fp32, one padded batch
+    echo = model.embed_echoes(model.tokenize(pairs.questions, model.config.max_a_len))
+    # fp32, one padded batch; the answer prior's detector loss included, as in train_step
+    reference = in_batch_loss(*model(q, a), echo_emb=echo, answer_prior=model.has_prior)
     fast = train_step(model, data, idx, TrainConfig())  # bf16 autocast, length-sorted chunks
     assert_close(fast, reference.detach(), atol=0.05, rtol=0.02)  # bf16 tolerance
 
