@@ -139,23 +139,16 @@ def run_plain(spec: Spec, questions, answers, clock: Clock) -> None:
     params = list(q_model.parameters()) + list(a_model.parameters())
     optimizer = torch.optim.AdamW(params, lr=spec.lr)
     b = spec.batch_size
+
+    def padded(texts, length):  # tokenised every step, padded to the maximum: the tutorial way
+        return tok(
+            texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
+        ).to(spec.device)
+
     for step in range(spec.warmup + spec.steps + 1):
         clock.mark()
-        qs, as_ = questions[step * b : (step + 1) * b], answers[step * b : (step + 1) * b]
-        q_in = tok(
-            qs,
-            padding="max_length",
-            truncation=True,
-            max_length=spec.max_q_len,
-            return_tensors="pt",
-        ).to(spec.device)
-        a_in = tok(
-            as_,
-            padding="max_length",
-            truncation=True,
-            max_length=spec.max_a_len,
-            return_tensors="pt",
-        ).to(spec.device)
+        q_in = padded(questions[step * b : (step + 1) * b], spec.max_q_len)
+        a_in = padded(answers[step * b : (step + 1) * b], spec.max_a_len)
         q_emb = q_model(**q_in).last_hidden_state[:, 0]
         a_emb = a_model(**a_in).last_hidden_state[:, 0]
         scores = q_emb @ a_emb.T

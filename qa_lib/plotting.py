@@ -78,18 +78,13 @@ def plot_metric_bars(
     return fig
 
 
-def plot_echo_tradeoff(
-    results: Mapping[str, Mapping[str, float]],
-    marked: str | None = None,
-    chance: float | None = None,
-):
+def plot_echo_tradeoff(results: Mapping[str, Mapping[str, float]], marked: str | None = None):
     """Recall@1 against the question-echo rate, one point per system (up and left is better).
 
     Args:
         results: per system, ``recall@1`` and ``question_echo_rate`` (optionally with
             ``recall@1_std`` and ``question_echo_rate_std``, drawn as error bars).
         marked: the system to mark as the chosen default (a star).
-        chance: chance Recall@1, as a dashed line.
     """
     fig, ax = _figure((6, 3.5))
     for i, (name, m) in enumerate(results.items()):
@@ -112,9 +107,6 @@ def plot_echo_tradeoff(
             xytext=(5, 4 if i % 2 == 0 else -10),  # alternate, so close points stay readable
             textcoords="offset points",
         )
-    if chance is not None:
-        ax.axhline(chance, color="gray", ls="--", label=f"chance recall@1 = {chance:.3f}")
-        ax.legend(fontsize=8, loc="lower left")
     ax.set(xlabel="question-echo rate (lower is better)", ylabel="recall@1", xlim=(-0.05, 1.05))
     return fig
 
