@@ -5,11 +5,14 @@ Measured in one run, same model, batch, data and lengths, each system in its own
   plain   a plain fp32 two-tower loop like the original lesson's (tokenise every step, pad to the
           maximum length, CLS pooling, torch AdamW)
   st      sentence-transformers' trainer with MultipleNegativesRankingLoss (one shared tower,
-          mean pooling, bf16 on CUDA), the tool practitioners pick
+          mean pooling; bf16 on CUDA, its default fp32 on CPU), the tool practitioners pick
+  st-bf16 the same with ``bf16=True`` on CPU too (CPU preset: what st gains from bf16 alone)
   qa_lib  qa_lib.train.fit with its defaults (two towers, the answer prior's detector learning from
           the echoes: the questions read once more by the answer tower, forward only; pre-tokenised,
-          length-sorted answer chunks; bf16 autocast, SDPA and fused AdamW on CUDA)
+          length-sorted answer chunks; SDPA, fused AdamW; bf16 autocast where the hardware
+          multiplies bf16 natively: CUDA, and CPUs with AVX512-BF16 or AMX)
   qa_lib-noecho  the same without the echo objective (the same work per pair as st)
+  qa_lib-fp32    qa_lib with ``precision="fp32"`` (CPU preset: the gain without bf16)
   qa_lib-compile, qa_lib-noecho-compile  the same with torch.compile (GPU preset)
 
 Steady-state pairs/s are timed between step boundaries after warm-up steps (with a device
@@ -159,7 +162,7 @@ def run_plain(spec: Spec, questions, answers, clock: Clock) -> None:
         print(f"step {step} loss {loss.item():.4f}", file=sys.stderr)  # as tutorials do
 
 
-def run_st(spec: Spec, questions, answers, clock: Clock) -> None:
+def run_st(spec: Spec, questions, answers, clock: Clock, bf16: bool | None = None) -> None:
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -188,7 +191,7 @@ def run_st(spec: Spec, questions, answers, clock: Clock) -> None:
         learning_rate=spec.lr,
         max_steps=spec.warmup + spec.steps,
         warmup_ratio=0.1,
-        bf16=spec.device.startswith("cuda"),
+        bf16=spec.device.startswith("cuda") if bf16 is None else bf16,
         save_strategy="no",
         logging_steps=10_000,
         report_to="none",
@@ -205,7 +208,13 @@ def run_st(spec: Spec, questions, answers, clock: Clock) -> None:
 
 
 def run_qa_lib(
-    spec: Spec, questions, answers, clock: Clock, echo: bool = True, compile: bool = False
+    spec: Spec,
+    questions,
+    answers,
+    clock: Clock,
+    echo: bool = True,
+    compile: bool = False,
+    precision: str = "auto",
 ) -> None:
     import qa_lib.train as train_module
     from qa_lib import DualEncoder, EncoderConfig, Pairs, TrainConfig, fit
@@ -229,6 +238,7 @@ def run_qa_lib(
         device=spec.device,
         grad_cache_chunk=spec.grad_cache_chunk,
         compile=compile,
+        precision=precision,
     )
     n = (spec.warmup + spec.steps + 2) * spec.batch_size
     fit(model, Pairs(questions[:n], answers[:n]), config=config, progress=False)
@@ -298,8 +308,10 @@ def worker(system: str, spec: Spec) -> dict:
         runner = {
             "plain": run_plain,
             "st": run_st,
+            "st-bf16": lambda *a: run_st(*a, bf16=True),
             "qa_lib": run_qa_lib,
             "qa_lib-noecho": lambda *a: run_qa_lib(*a, echo=False),
+            "qa_lib-fp32": lambda *a: run_qa_lib(*a, precision="fp32"),
             "qa_lib-compile": lambda *a: run_qa_lib(*a, compile=True),
             "qa_lib-noecho-compile": lambda *a: run_qa_lib(*a, echo=False, compile=True),
         }[system]
@@ -384,7 +396,7 @@ def table(results: dict, spec: Spec) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--systems", default="plain,st,qa_lib,qa_lib-noecho,encode")
+    parser.add_argument("--systems", default=None, help="comma-separated (default: per preset)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
@@ -417,7 +429,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec.model_dir = prepare_model_dir(args.preset, Path(tmp))
         results = {}
-        systems = args.systems.split(",")
+        cpu_systems = "plain,st,st-bf16,qa_lib,qa_lib-noecho,qa_lib-fp32,encode"
+        systems = (
+            args.systems or ("plain,st,qa_lib,qa_lib-noecho,encode" if gpu else cpu_systems)
+        ).split(",")
         if args.grad_cache and "gradcache" not in systems:
             systems.append("gradcache")
         for system in systems:

@@ -106,6 +106,7 @@ def _train_config(args) -> TrainConfig:
         hard_negatives=args.hard_negatives,
         scale=args.scale,
         device=args.device,
+        precision=args.precision,
     )
 
 
@@ -288,6 +289,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-init", action="store_true", help="random weights, same config")
     p.add_argument("--dot", action="store_true", help="raw dot product instead of cosine")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default=defaults.precision,
+        help="bf16 autocast or fp32; auto = bf16 where the hardware has it (default)",
+    )
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
 
 

@@ -71,6 +71,8 @@ class TrainConfig:
     # CPU (less padding computed), 1 on CUDA (fewer kernel launches)
     grad_cache_chunk: int | None = None  # gradient caching: rows per forward pass (None = off)
     compile: bool = False  # torch.compile the towers (pays off on GPU for long runs)
+    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware
+    # multiplies bf16 natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX), else fp32
     log_every: int | None = None  # steps between loss read-backs; None = 1 on CPU, 10 on CUDA
     eval_batch_size: int = 64  # texts per forward pass when encoding for validation
     device: str | None = None  # "cpu", "cuda", ...; None = cuda if available else cpu

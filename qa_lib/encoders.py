@@ -128,6 +128,8 @@ class DualEncoder(nn.Module):
             nn.init.zeros_(self.a_prior.weight)
             nn.init.zeros_(self.a_prior.bias)
         self.tokenizer = tokenizer
+        # encoding for search: "auto" = bf16 where the hardware has it (see native_bf16)
+        self.precision = "auto"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -290,7 +292,7 @@ class DualEncoder(nn.Module):
             batches = self._batches(texts, max_len, batch_size)
             bar = tqdm(batches, total=total, desc=f"encode {tower}s", disable=not progress)
             for idx, batch in bar:
-                with _autocast(self.device):
+                with _autocast(self.device, self.precision):
                     emb = embed(batch).float()
                 if tower == "answer" and self.has_prior:
                     emb[:, -1] = harden_prior(emb[:, -1])
@@ -469,8 +471,38 @@ def recover_interrupted_saves(folder: str | os.PathLike) -> None:
             os.replace(old, target)
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op context elsewhere."""
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware, so bf16 autocast pays off.
+
+    CUDA GPUs from Ampere on; x86 CPUs with AVX512-BF16 or AMX (recent Xeon and EPYC). Elsewhere
+    (most laptops, a Colab T4) bf16 would be emulated and slower than fp32.
+    """
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        cpu = torch.cpu
+        try:  # private helpers, absent on some builds: then fp32
+            return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        except AttributeError:
+            return False
+    return False
+
+
+def use_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """Resolve ``precision`` ("auto", "fp32" or "bf16") for ``device``."""
+    if precision not in PRECISIONS:
+        raise QAError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return native_bf16(device) if precision == "auto" else precision == "bf16"
+
+
+def _autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast where ``precision`` resolves to bf16; a no-op context otherwise.
+
+    Weights, gradients and optimizer state stay fp32; the matrix products run in bf16.
+    """
+    if use_bf16(device, precision):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)

@@ -132,7 +132,7 @@ def cached_train_step(model, data, idx: list[int], config) -> torch.Tensor:
 
     def autocast_embed(embed):
         def run(batch):
-            with _autocast(model.device):
+            with _autocast(model.device, config.precision):
                 return embed(batch)
 
         return run

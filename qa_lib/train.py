@@ -22,7 +22,7 @@ from qa_lib.checkpoint import (
 )
 from qa_lib.config import TrainConfig
 from qa_lib.data import Pairs
-from qa_lib.encoders import DualEncoder, _autocast, recover_interrupted_saves
+from qa_lib.encoders import DualEncoder, _autocast, recover_interrupted_saves, use_bf16
 from qa_lib.errors import QAError
 from qa_lib.evaluate import evaluate
 from qa_lib.losses import in_batch_loss
@@ -146,8 +146,10 @@ def prepare_model(model: DualEncoder, config: TrainConfig) -> DualEncoder:
     """Move the model to its device in training mode; compile the towers if asked.
 
     ``Module.compile`` compiles in place, so parameter names (and saved files) do not change.
+    The model then also encodes (validation, search) at ``config.precision``.
     """
     model.to(resolve_device(config.device)).train()
+    model.precision = config.precision
     if config.compile:
         for encoder in {id(m): m for m in (model.q_encoder, model.a_encoder)}.values():
             encoder.compile(dynamic=None)
@@ -169,7 +171,8 @@ def make_optimizer(model: DualEncoder, config: TrainConfig, total_steps: int):
         }
         for (prior, decay), params in sorted(by_kind.items())
     ]
-    fused = model.device.type == "cuda"
+    # fused AdamW: one kernel over all parameters (on a 2-core CPU 0.03 s a step, not 0.13 s)
+    fused = model.device.type in ("cuda", "cpu")
     optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=fused)
     warmup = max(1, round(config.warmup_ratio * total_steps))
 
@@ -211,7 +214,7 @@ def train_step(model: DualEncoder, data: TokenizedPairs, idx: list[int], config:
         return cached_train_step(model, data, idx, config)
     q_ids = [data.q_ids[i] for i in idx]
     rows = answer_rows(data, idx)
-    with _autocast(model.device):
+    with _autocast(model.device, config.precision):
         q_batch = collate(q_ids, data.pad_id)
         q_emb = model.embed_questions(q_batch)
         chunks = config.answer_chunks or (1 if model.device.type == "cuda" else 4)
@@ -234,13 +237,14 @@ def train_step(model: DualEncoder, data: TokenizedPairs, idx: list[int], config:
 
 
 # Settings that may change when a run is resumed; every other one must match the checkpoint.
-# (The last four change how the loss is computed or read back, not what it is.)
+# (The last five change how the loss is computed or read back, not what it is.)
 RESUME_FREE = (
     "device",
     "checkpoint_every",
     "eval_batch_size",
     "log_every",
     "compile",
+    "precision",
     "answer_chunks",
     "grad_cache_chunk",
 )
@@ -286,6 +290,7 @@ def fit(
         raise QAError("resume=True needs out_dir, the folder of the interrupted run")
     if config.checkpoint_every is not None and config.checkpoint_every < 1:
         raise QAError(f"checkpoint_every={config.checkpoint_every}: give a number of steps >= 1")
+    use_bf16(resolve_device(config.device), config.precision)  # an unknown name fails here
     seed_everything(config.seed)
     prepare_model(model, config)
     data = tokenize_pairs(model, train)

@@ -86,7 +86,7 @@ def test_train_step_adds_hard_negative_columns(tiny_model):
     pairs = Pairs(QUESTIONS, ANSWERS)
     data = tokenize_pairs(tiny_model, pairs)
     data.negatives = [[2], [3], [0], [1]]
-    config = TrainConfig(echo_weight=0.0, hard_negatives=1)
+    config = TrainConfig(echo_weight=0.0, hard_negatives=1, precision="fp32")
     tiny_model.eval()  # no dropout, so the step and the hand computation see the same model
     for idx in ([0, 1], [0, 1, 2, 3]):  # negatives outside the batch; inside it (some masked)
         loss = train_step(tiny_model, data, idx, config)
@@ -100,10 +100,12 @@ def test_train_step_adds_hard_negative_columns(tiny_model):
 def test_gradient_caching_uses_the_same_hard_negatives(tiny_model):
     data = tokenize_pairs(tiny_model, Pairs(QUESTIONS, ANSWERS))
     data.negatives = [[2], [3], [0], [1]]
-    config = TrainConfig(echo_weight=0.0, grad_cache_chunk=2)
+    config = TrainConfig(echo_weight=0.0, grad_cache_chunk=2, precision="fp32")
     tiny_model.eval()
     cached = cached_train_step(tiny_model, data, [0, 1, 2, 3], config)
-    plain = train_step(tiny_model, data, [0, 1, 2, 3], TrainConfig(echo_weight=0.0))
+    plain = train_step(
+        tiny_model, data, [0, 1, 2, 3], TrainConfig(echo_weight=0.0, precision="fp32")
+    )
     torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
 
 
