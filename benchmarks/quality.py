@@ -11,6 +11,8 @@ Every system is measured in one run on the same split and the same candidate poo
   qa_lib_tied     the same with one shared tower (no answer prior: a tied model has no answer side)
   qa_lib_hardneg  qa_lib with one BM25-mined hard negative per pair (qa_lib.negatives)
   qa_lib_noecho   qa_lib without the echo objective: the same towers, the detector untrained
+  qa_lib_ungrouped  qa_lib with random batches instead of topic-aware ones (only run where the
+                  pairs carry topics: SQuAD articles, MedQuAD diseases)
   echo_negative   no answer prior; each question's echo is one extra in-batch negative (weight 1)
                   that trains the towers apart: the first fix tried (issue 6)
   echo_negative_w0.1  the same with weight 0.1
@@ -63,6 +65,7 @@ MAIN_SYSTEMS = (
     "qa_lib_tied",
     "qa_lib_hardneg",
     "qa_lib_noecho",
+    "qa_lib_ungrouped",
     "st_mnrl",
 )
 ECHO_EXTRA = ("echo_negative", "echo_negative_w0.1", "prior_lr_0.02")  # with --echo-curve
@@ -255,6 +258,7 @@ def qa_lib_system(system: str):
         "qa_lib_tied": (dict(tied=True), {}),
         "qa_lib_hardneg": ({}, dict(hard_negatives=1)),
         "qa_lib_noecho": ({}, dict(echo_weight=0.0)),
+        "qa_lib_ungrouped": ({}, dict(group_batches=False)),
         "echo_negative": (dict(answer_prior=False), dict(echo_weight=1.0)),
         "echo_negative_w0.1": (dict(answer_prior=False), dict(echo_weight=0.1)),
         "prior_lr_0.02": ({}, dict(prior_lr=0.02)),
@@ -463,6 +467,9 @@ def run_dataset(name: str, data_dir: Path, budget: Budget, systems, out: Path) -
         "notes": setup.notes,
     }
     results = {}
+    if setup.train.groups is None and "qa_lib_ungrouped" in systems:
+        systems = [s for s in systems if s != "qa_lib_ungrouped"]  # the same as qa_lib here
+        setup.notes.append("no topic labels: batches are random, qa_lib_ungrouped not run")
     for system in systems:
         seeds = [0] if system in SEEDLESS else list(range(budget.seeds))
         runs = []

@@ -104,6 +104,7 @@ def _train_config(args) -> TrainConfig:
         echo_weight=args.echo_weight,
         prior_lr=args.prior_lr,
         hard_negatives=args.hard_negatives,
+        group_batches=not args.no_group_batches,
         scale=args.scale,
         device=args.device,
         precision=args.precision,
@@ -281,6 +282,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=defaults.hard_negatives,
         help="BM25-mined wrong answers per pair, as extra negatives (0 = none)",
+    )
+    p.add_argument(
+        "--no-group-batches",
+        action="store_true",
+        help="random batches even when the data has topics (default: one topic per batch)",
     )
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean")

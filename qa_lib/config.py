@@ -63,6 +63,8 @@ class TrainConfig:
     # without the prior, the question-echo negative in the in-batch loss (0 = neither)
     prior_lr: float = 0.1  # AdamW learning rate of the answer prior's detector (a linear probe
     # trained from zero in a few dozen steps: far above the towers' rate)
+    group_batches: bool = True  # topic-aware batches when the pairs carry groups (articles,
+    # topics): each batch holds one or a few groups, so its negatives are on-topic
     hard_negatives: int = 0  # BM25-mined wrong answers per pair added as extra negatives (0 = none)
     seed: int = 0  # seeds data order, dropout and any random init
     max_steps: int | None = None  # stop after this many optimiser steps (None = all epochs)

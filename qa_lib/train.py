@@ -134,11 +134,35 @@ def embed_in_chunks(
     return torch.cat(parts)[inverse.to(parts[0].device)]
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Shuffle rows (seeded by seed and epoch) into batches; a last batch of one is dropped."""
-    order = list(range(n))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, groups: Sequence[str] | None = None
+) -> list[list[int]]:
+    """Shuffle rows (seeded by seed and epoch) into batches; a last batch of one is dropped.
+
+    With ``groups`` (one label per row: an article, a topic), batches are topic-aware: the
+    groups are shuffled, each group's rows stay together (in shuffled order), the batches are
+    cut from that sequence and then shuffled. A batch then holds one or a few groups, so its
+    in-batch negatives are answers on the same topic: the ones a search over that topic must
+    tell apart, instead of random answers that are easy to reject.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    if groups is None:
+        order = list(range(n))
+        rng.shuffle(order)
+    else:
+        rows_of: dict[str, list[int]] = {}
+        for row in range(n):
+            rows_of.setdefault(groups[row], []).append(row)
+        keys = list(rows_of)
+        rng.shuffle(keys)
+        order = []
+        for key in keys:
+            rows = rows_of[key]
+            rng.shuffle(rows)
+            order += rows
     batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
+    if groups is not None:
+        rng.shuffle(batches)
     return [b for b in batches if len(b) > 1]
 
 
@@ -298,7 +322,8 @@ def fit(
         from qa_lib.negatives import mine_bm25_negatives
 
         data.negatives = mine_bm25_negatives(train, config.hard_negatives)
-    per_epoch = len(epoch_batches(len(train), config.batch_size, config.seed, 0))
+    groups = train.groups if config.group_batches else None
+    per_epoch = len(epoch_batches(len(train), config.batch_size, config.seed, 0, groups))
     total = per_epoch * config.num_epochs
     if config.max_steps is not None:
         total = min(total, config.max_steps)
@@ -319,7 +344,7 @@ def fit(
     pending: list | None = None if sync_every == 1 else []  # steps not yet read back
     while run.epoch < config.num_epochs and run.step < total:
         run.batches = run.batches or epoch_batches(
-            len(train), config.batch_size, config.seed, run.epoch
+            len(train), config.batch_size, config.seed, run.epoch, groups
         )
         for idx in run.batches[run.batch :]:
             if run.step >= total:

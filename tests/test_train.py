@@ -122,6 +122,36 @@ def test_epoch_batches_cover_rows_once_and_are_seeded():
     assert all(len(b) > 1 for b in epoch_batches(17, 16, 0, 0))
 
 
+def test_topic_aware_batches_keep_each_topic_together():
+    groups = [f"topic{i % 5}" for i in range(80)]  # 5 topics of 16 rows, interleaved
+    batches = epoch_batches(80, 16, seed=3, epoch=0, groups=groups)
+    assert sorted(i for b in batches for i in b) == list(range(80))
+    assert all(len({groups[i] for i in b}) == 1 for b in batches)  # one topic per batch
+    assert batches == epoch_batches(80, 16, seed=3, epoch=0, groups=groups)
+    assert batches != epoch_batches(80, 16, seed=3, epoch=1, groups=groups)
+    random_batches = epoch_batches(80, 16, seed=3, epoch=0)
+    assert max(len({groups[i] for i in b}) for b in random_batches) > 1
+
+
+def test_fit_batches_by_topic_only_when_asked(tiny_config, tiny_splits, monkeypatch):
+    import qa_lib.train as train_module
+
+    seen = []
+    real = train_module.epoch_batches
+    monkeypatch.setattr(
+        train_module,
+        "epoch_batches",
+        lambda *a, **k: seen.append(a[4] if len(a) > 4 else k.get("groups")) or real(*a, **k),
+    )
+    pairs = tiny_splits[0].select(range(24))
+    assert pairs.groups is not None
+    for group_batches in (True, False):
+        model = DualEncoder.from_config(tiny_config)
+        config = TrainConfig(num_epochs=1, batch_size=8, group_batches=group_batches)
+        fit(model, pairs, config=config, progress=False)
+    assert seen[0] == pairs.groups and seen[-1] is None
+
+
 def test_best_and_last_are_saved(tmp_path, tiny_config, tiny_splits):
     model = DualEncoder.from_config(tiny_config)
     history = fit(
