@@ -105,7 +105,7 @@ def cached_train_step(model, data, idx: list[int], config) -> torch.Tensor:
     ``config.grad_cache_chunk`` pairs instead of ``config.batch_size``.
     """
     from qa_lib.encoders import _autocast
-    from qa_lib.train import answer_rows, collate
+    from qa_lib.train import answer_rows, collate, echo_weight
 
     q_ids = [data.q_ids[i] for i in idx]
     rows = answer_rows(data, idx)  # the batch's answers, then any hard negatives
@@ -113,7 +113,8 @@ def cached_train_step(model, data, idx: list[int], config) -> torch.Tensor:
         [model.embed_questions, model.embed_answers],
         [q_ids, [data.a_ids[i] for i in rows]],
     )
-    if config.echo_weight > 0:
+    weight = echo_weight(model, config)
+    if weight > 0:
         embeds.append(model.embed_echoes)
         ids.append(q_ids)
     answer_ids = data.answer_ids[rows].to(model.device)
@@ -126,7 +127,7 @@ def cached_train_step(model, data, idx: list[int], config) -> torch.Tensor:
             config.symmetric,
             answer_ids,
             echo_emb,
-            config.echo_weight,
+            weight,
             model.has_prior,
         )
 

@@ -208,11 +208,22 @@ def make_optimizer(model: DualEncoder, config: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def echo_weight(model: DualEncoder, config: TrainConfig) -> float:
+    """The echo objective's weight for this model: ``config.echo_weight``, or 0 if tied.
+
+    A tied encoder reads the echo exactly as it reads the question, so the echo scores the
+    question's own norm (cosine 1.0): a constant no training can lower. As a negative it would
+    only sit at the top of every row of the softmax (on MedQuAD it cost tied towers 7 points of
+    Recall@1, below the untrained model), so tied towers train without it.
+    """
+    return 0.0 if model.config.tied else max(config.echo_weight, 0.0)
+
+
 def chance_loss(batch: int, config: TrainConfig, model: DualEncoder) -> float:
     """The loss of a model that tells nothing apart: ``ln`` of the candidates per question
     (the batch's answers, plus the echo negative when it is one), plus ``echo_weight * ln 2``
     for the answer prior's detector when it learns from the echoes."""
-    echo = max(config.echo_weight, 0.0)
+    echo = echo_weight(model, config)
     if model.has_prior:
         return math.log(batch) + echo * math.log(2)
     return math.log(batch + echo)
@@ -245,7 +256,8 @@ def train_step(model: DualEncoder, data: TokenizedPairs, idx: list[int], config:
         a_emb = embed_in_chunks(
             model.embed_answers, [data.a_ids[i] for i in rows], data.pad_id, chunks
         )
-        echo_emb = model.embed_echoes(q_batch) if config.echo_weight > 0 else None
+        weight = echo_weight(model, config)
+        echo_emb = model.embed_echoes(q_batch) if weight > 0 else None
         loss = in_batch_loss(
             q_emb,
             a_emb,
@@ -253,7 +265,7 @@ def train_step(model: DualEncoder, data: TokenizedPairs, idx: list[int], config:
             config.symmetric,
             data.answer_ids[rows].to(model.device),
             echo_emb,
-            config.echo_weight,
+            weight,
             model.has_prior,
         )
     loss.backward()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,7 +10,14 @@ from torch.testing import assert_close
 
 from qa_lib import DualEncoder, QAError, TrainConfig, evaluate, fit
 from qa_lib.checkpoint import load_latest_checkpoint
-from qa_lib.train import collate, embed_in_chunks, epoch_batches, tokenize_pairs
+from qa_lib.train import (
+    chance_loss,
+    collate,
+    embed_in_chunks,
+    epoch_batches,
+    tokenize_pairs,
+    train_step,
+)
 
 FAST = dict(batch_size=16, lr=1e-3, warmup_ratio=0.0, eval_batch_size=32)
 
@@ -279,3 +287,16 @@ def test_the_detector_gets_its_own_learning_rate(tiny_model):
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(
         list(tiny_model.parameters())
     )
+
+
+def test_tied_towers_skip_the_echo_objective(tiny_config, tiny_splits):
+    tied = DualEncoder.from_config(tiny_config, tied=True).eval()
+    data, idx = tokenize_pairs(tied, tiny_splits[0].select(range(8))), list(range(8))
+    config = TrainConfig(precision="fp32")
+    assert config.echo_weight == 1.0
+    with_echo = train_step(tied, data, idx, config)
+    without = train_step(tied, data, idx, replace(config, echo_weight=0.0))
+    assert with_echo == without  # the echo scores 1.0 in a tied cosine model: never a negative
+    assert chance_loss(8, config, tied) == pytest.approx(math.log(8))
+    separate = DualEncoder.from_config(tiny_config, answer_prior=False)
+    assert chance_loss(8, config, separate) == pytest.approx(math.log(9))
