@@ -32,7 +32,8 @@ mean ± std over seeds; the split is fixed (seed 0), the seed changes init, data
 Quick mode on nq-sample-dlai, the eight main systems: 190 s on 2 quiet CPU cores. Full mode: nq
 with all systems 21 min (fp32, before bf16 became the CPU default); MedQuAD and SQuAD with bm25,
 random_init, untrained, qa_lib, qa_lib_tied, qa_lib_ungrouped and st_mnrl 75 min together (bf16).
-All nine systems on all three datasets take about two hours there: choose with ``--systems``.
+All nine systems on all three datasets: about two hours there, estimated from the per-system times
+(not run as one job); choose with ``--systems``.
 
 Writes ``<dataset>.md``, ``<dataset>.json`` and ``<dataset>.png`` under ``runs/bench/quality/``;
 with two or more of the echo variants (qa_lib, qa_lib_noecho, echo_negative, ...) also

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from qa_lib.config import EncoderConfig, TrainConfig
+from qa_lib.config import PRECISIONS, EncoderConfig, TrainConfig
 from qa_lib.errors import QAError
 
 # ----------------------------------------------------------------------------- helpers
@@ -297,7 +297,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         default=defaults.precision,
         help="bf16 autocast or fp32; auto = bf16 where the hardware has it (default)",
     )

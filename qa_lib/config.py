@@ -9,6 +9,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"  # resolved to the packaged copy; any hub id 
 DEMO_QUESTION = "What is the tallest mountain in the world?"
 DEMO_ANSWER = "The tallest mountain in the world is Mount Everest."
 DEMO_DISTRACTOR = "Who is Donald Duck?"
+PRECISIONS = ("auto", "fp32", "bf16")  # TrainConfig.precision: see qa_lib.encoders.use_bf16
 
 
 def default_model_path() -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qa_lib.config import EncoderConfig, resolve_model_name
+from qa_lib.config import PRECISIONS, EncoderConfig, resolve_model_name
 from qa_lib.errors import QAError
 
 OPTIONS_FILE = "dual_encoder.json"  # written last: its presence marks a complete save
@@ -469,9 +469,6 @@ def recover_interrupted_saves(folder: str | os.PathLike) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(old, target)
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -180,12 +180,15 @@ def prepare_model(model: DualEncoder, config: TrainConfig) -> DualEncoder:
     return model
 
 
+PRIOR_PREFIX = "a_prior."  # the answer prior's detector: its own learning rate and clipping
+
+
 def make_optimizer(model: DualEncoder, config: TrainConfig, total_steps: int):
     """AdamW (no decay on biases and LayerNorm; the prior at ``prior_lr``); warm-up, then decay."""
     by_kind: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            prior = name.startswith("a_prior.")
+            prior = name.startswith(PRIOR_PREFIX)
             by_kind.setdefault((prior, param.ndim >= 2), []).append(param)
     groups = [
         {
@@ -396,7 +399,7 @@ def _apply_step(
     # never rescales the towers' (they then train exactly as without the echo objective)
     towers, prior = [], []
     for name, param in model.named_parameters():
-        (prior if name.startswith("a_prior.") else towers).append(param)
+        (prior if name.startswith(PRIOR_PREFIX) else towers).append(param)
     norm = torch.nn.utils.clip_grad_norm_(towers, max_norm)
     if prior:
         norm = norm + torch.nn.utils.clip_grad_norm_(prior, max_norm)  # summed: checked below

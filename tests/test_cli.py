@@ -233,3 +233,10 @@ def test_echo_and_negative_options_reach_the_configs():
     encoder, train = _encoder_config(args), _train_config(args)
     assert not encoder.answer_prior
     assert (train.prior_lr, train.hard_negatives, train.echo_weight) == (0.2, 2, 0.5)
+    args = build_parser().parse_args(
+        ["train", "--data", "default", "--out", "x", "--precision", "fp32", "--no-group-batches"]
+    )
+    assert (_train_config(args).precision, _train_config(args).group_batches) == ("fp32", False)
+    assert _train_config(
+        build_parser().parse_args(["train", "--data", "d", "--out", "x"])
+    ).group_batches
