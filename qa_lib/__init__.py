@@ -19,6 +19,7 @@ from qa_lib.data import Pairs, load_pairs, split_pairs
 from qa_lib.encoders import DualEncoder
 from qa_lib.errors import QAError
 from qa_lib.evaluate import demo_scores, evaluate
+from qa_lib.hybrid import hybrid_scores, tune_lexical_weight
 from qa_lib.losses import in_batch_loss
 from qa_lib.train import History, fit
 
@@ -32,8 +33,10 @@ __all__ = [
     "demo_scores",
     "evaluate",
     "fit",
+    "hybrid_scores",
     "in_batch_loss",
     "load_pairs",
     "preset",
     "split_pairs",
+    "tune_lexical_weight",
 ]

@@ -178,8 +178,18 @@ def cmd_evaluate(args) -> dict:
 
     pairs = load_pairs(args.data, args.split, seed=args.seed)
     model = _load_model(args.model, seed=args.seed)
-    metrics = evaluate(model, pairs, progress=not args.quiet)
-    print(format_table({args.model or "all-MiniLM-L6-v2 (untrained)": metrics}))
+    weight = args.lexical_weight
+    if args.tune_on:
+        from qa_lib.hybrid import tune_lexical_weight
+
+        held_out = load_pairs(args.data, args.tune_on, seed=args.seed)
+        weight, mrr = tune_lexical_weight(model, held_out)
+        grid = ", ".join(f"{w}: {v:.3f}" for w, v in mrr.items())
+        print(f"BM25 weight {weight}, the best MRR@10 on the {args.tune_on} split ({grid})")
+    metrics = evaluate(model, pairs, progress=not args.quiet, lexical_weight=weight)
+    metrics["lexical_weight"] = weight
+    name = args.model or "all-MiniLM-L6-v2 (untrained)"
+    print(format_table({name + (f" + BM25 (weight {weight})" if weight else ""): metrics}))
     if args.json:
         write_json(args.json, metrics)
     return metrics
@@ -349,6 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the metrics to this file")
+    p.add_argument(
+        "--lexical-weight",
+        type=float,
+        default=0.0,
+        help="rank with the hybrid score: dense + this weight x the share of the question's "
+        "own BM25 score a candidate reaches (0 = dense only)",
+    )
+    p.add_argument(
+        "--tune-on",
+        default=None,
+        metavar="SPLIT",
+        help="choose --lexical-weight by MRR@10 on this split (e.g. validation), never the test",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the lesson's demo: question, answer, Donald Duck")

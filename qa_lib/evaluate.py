@@ -112,23 +112,13 @@ def metrics_from_ranks(ranks: Sequence[Sequence[int]], ks: Sequence[int] = (1, 5
     return metrics
 
 
-def echo_wins(
-    q_emb: torch.Tensor, echo_emb: torch.Tensor, best_answer_scores: torch.Tensor
-) -> torch.Tensor:
-    """Which questions' own text, scored as a candidate, ties or beats their best answer.
-
-    Args:
-        q_emb: question embeddings. Shape (n, dim).
-        echo_emb: the same questions embedded by the answer tower. Shape (n, dim).
-        best_answer_scores: each question's best relevant-answer score. Shape (n,).
-
-    Returns:
-        True where the echo wins; its mean is the question-echo rate. Shape (n,).
-    """
-    return (q_emb * echo_emb).sum(-1) >= best_answer_scores
-
-
-def evaluate(model, pairs: Pairs, batch_size: int = 64, progress: bool = False) -> dict[str, float]:
+def evaluate(
+    model,
+    pairs: Pairs,
+    batch_size: int = 64,
+    progress: bool = False,
+    lexical_weight: float = 0.0,
+) -> dict[str, float]:
     """Rank each held-out question's candidates and report the metrics in ``METRIC_KEYS``.
 
     Args:
@@ -136,27 +126,39 @@ def evaluate(model, pairs: Pairs, batch_size: int = 64, progress: bool = False) 
         pairs: the held-out pairs (their unique answers, or their corpus, are the pool).
         batch_size: texts per forward pass.
         progress: show progress bars.
+        lexical_weight: above 0, rank with :mod:`qa_lib.hybrid`'s score, the dense score plus
+            this weight times the share of the question's own BM25 score a candidate reaches.
 
     Returns:
         The metrics in ``METRIC_KEYS`` (``recall@1_with_echo``: the correct answer ranks first
         even with the question's own text added to the pool, the original lesson's claim),
         plus ``n_questions``, ``n_candidates`` and ``chance_recall@1``.
     """
+    from qa_lib.hybrid import fuse, lexical_scores, prior_flags
+
     task = build_task(pairs)
     q_emb = model.encode_questions(task.questions, batch_size, progress)
     a_emb = model.encode_answers(task.candidates, batch_size, progress)
     echo_emb = model.encode_answers(task.questions, batch_size, progress)
+    flags, echo_flags = prior_flags(model, a_emb), prior_flags(model, echo_emb)
     ranks: list[list[int]] = []
-    best = torch.empty(len(task.questions))
+    echo = torch.empty(len(task.questions), dtype=torch.bool)
     for start in range(0, len(task.questions), 1024):  # bounded memory for large pools
-        scores = q_emb[start : start + 1024] @ a_emb.T
-        rel = task.relevant[start : start + 1024]
+        end = min(start + 1024, len(task.questions))
+        scores = q_emb[start:end] @ a_emb.T  # (chunk, n_candidates)
+        echo_score = (q_emb[start:end] * echo_emb[start:end]).sum(-1)  # (chunk,)
+        rel = task.relevant[start:end]
+        if lexical_weight:  # the echo's lexical share is 1 (all its words) unless it is flagged
+            lexical, own = lexical_scores(task.candidates, task.questions[start:end])
+            pool_flags = None if flags is None else flags[None, :]
+            scores = fuse(scores, lexical, own, lexical_weight, pool_flags)
+            own_flags = None if echo_flags is None else echo_flags[start:end, None]
+            echo_score = fuse(echo_score[:, None], own[:, None], own, lexical_weight, own_flags)
+            echo_score = echo_score[:, 0]
         ranks.extend(relevant_ranks(scores, rel))
-        best[start : start + len(rel)] = torch.stack(
-            [row[list(r)].max() for row, r in zip(scores, rel)]
-        )
+        best = torch.stack([row[list(r)].max() for row, r in zip(scores, rel)])
+        echo[start:end] = echo_score >= best
     metrics = metrics_from_ranks(ranks)
-    echo = echo_wins(q_emb, echo_emb, best)
     metrics["question_echo_rate"] = echo.double().mean().item()
     top1 = torch.tensor([min(r) == 1 for r in ranks])
     metrics["recall@1_with_echo"] = (top1 & ~echo).double().mean().item()

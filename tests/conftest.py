@@ -53,6 +53,22 @@ def poison_nth_call(monkeypatch, name: str, n: int, value: float) -> None:
     monkeypatch.setattr(train_module, name, poisoned)
 
 
+class FixedModel:
+    """A stand-in dual encoder with given embeddings per tower and text (unknown texts: zeros)."""
+
+    def __init__(self, questions: dict, answers: dict, dim: int):
+        self.q_vectors, self.a_vectors, self.dim = questions, answers, dim
+
+    def encode_questions(self, texts, *args, **kwargs) -> torch.Tensor:
+        return torch.tensor([self.q_vectors.get(t, [0.0] * self.dim) for t in texts])
+
+    def encode_answers(self, texts, *args, **kwargs) -> torch.Tensor:
+        return torch.tensor([self.a_vectors.get(t, [0.0] * self.dim) for t in texts])
+
+    def score(self, questions, answers) -> torch.Tensor:
+        return self.encode_questions(questions) @ self.encode_answers(answers).T
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> EncoderConfig:
     """A 2-layer, 32-wide random BERT with the packaged tokenizer (about 1M parameters).

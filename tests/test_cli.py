@@ -15,6 +15,7 @@ from qa_lib import DualEncoder
 from qa_lib.checkpoint import checkpoint_dir, load_latest_checkpoint
 from qa_lib.cli import main
 from qa_lib.evaluate import METRIC_KEYS
+from qa_lib.hybrid import DEFAULT_WEIGHTS
 
 
 @pytest.fixture
@@ -52,6 +53,7 @@ def test_train_evaluate_demo(tmp_path, small_tsv, tiny_bert_dir, capsys):
     assert len(record["data_fingerprint"]) == 16 and record["versions"]["torch"]
     assert {"loss.png", "validation.png"} <= {p.name for p in out.iterdir()}
     metrics_file = tmp_path / "m.json"
+    base_eval = ["--quiet", "evaluate", "--model", str(out / "best"), "--data", str(small_tsv)]
     assert (
         main(
             [
@@ -68,7 +70,13 @@ def test_train_evaluate_demo(tmp_path, small_tsv, tiny_bert_dir, capsys):
         == 0
     )
     metrics = json.loads(metrics_file.read_text())
-    assert set(METRIC_KEYS) <= set(metrics)
+    assert set(METRIC_KEYS) <= set(metrics) and metrics["lexical_weight"] == 0.0
+    hybrid = [*base_eval, "--lexical-weight", "0.5", "--json", str(metrics_file)]
+    assert main(hybrid) == 0
+    assert json.loads(metrics_file.read_text())["lexical_weight"] == 0.5
+    assert main([*base_eval, "--tune-on", "validation", "--json", str(metrics_file)]) == 0
+    assert json.loads(metrics_file.read_text())["lexical_weight"] in DEFAULT_WEIGHTS
+    assert "the best MRR@10 on the validation split" in capsys.readouterr().out
     assert main(["demo", "--model", str(out / "best")]) == 0
     assert "Donald Duck" in capsys.readouterr().out
 

@@ -7,7 +7,8 @@ import torch
 
 from qa_lib.config import DEMO_ANSWER, DEMO_DISTRACTOR, DEMO_QUESTION
 from qa_lib.data import Pairs
-from qa_lib.evaluate import METRIC_KEYS, build_task, demo_scores, echo_wins, evaluate, rank_metrics
+from qa_lib.evaluate import METRIC_KEYS, build_task, demo_scores, evaluate, rank_metrics
+from tests.conftest import FixedModel
 
 
 def test_rank_metrics_match_a_hand_computed_example():
@@ -44,9 +45,14 @@ def test_build_task_groups_repeated_questions():
 
 
 def test_echo_rate_counts_ties_as_failures():
-    q = torch.eye(3)
-    echo = torch.tensor([[1.0, 0, 0], [0, 0.5, 0], [0, 0, 0.2]])
-    assert echo_wins(q, echo, torch.tensor([0.9, 0.5, 0.9])).tolist() == [True, True, False]
+    pairs = Pairs(["q0", "q1", "q2"], ["a0", "a1", "a2"])
+    e = torch.eye(3).tolist()
+    answers = {"a0": [0.9, 0, 0], "a1": [0, 0.5, 0], "a2": [0, 0, 0.9]}
+    echoes = {"q0": e[0], "q1": [0, 0.5, 0], "q2": [0, 0, 0.2]}  # beats, ties, loses
+    metrics = evaluate(FixedModel(dict(zip(pairs.questions, e)), answers | echoes, 3), pairs)
+    assert metrics["recall@1"] == 1.0
+    assert metrics["question_echo_rate"] == pytest.approx(2 / 3)
+    assert metrics["recall@1_with_echo"] == pytest.approx(1 / 3)
 
 
 def test_evaluate_reports_every_key(tiny_model, tiny_splits):
