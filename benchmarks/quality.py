@@ -19,6 +19,14 @@ Every system is measured in one run on the same split and the same candidate poo
   prior_lr_0.02   qa_lib with the detector's learning rate at 0.02 instead of 0.1
   st_mnrl         sentence-transformers MultipleNegativesRankingLoss from the same base model with
                   the same data, epochs, batch size, learning rate and weight decay
+  untrained_hybrid  the untrained towers plus BM25 (qa_lib.hybrid: dense + w * bm25(q, d) /
+                  bm25(q, q)), w tuned on validation pairs (below)
+  qa_lib_hybrid   the same with the fine-tuned qa_lib towers (the qa_lib run of the same seed is
+                  reused when it ran in the same job)
+
+The hybrids' BM25 weight is the one with the best MRR@10 on validation pairs: up to 500 training
+pairs left out of the training sample (never test pairs); where the sample took every training
+pair (nq), on the training pairs themselves, which favours the dense side (the towers saw them).
 
 Metrics (qa_lib.evaluate's definitions): Recall@1/5/10, MRR@10, nDCG@10 and the question-echo rate
 (the question's own text, added as a candidate, ties or beats its best answer). Trained systems:
@@ -33,7 +41,8 @@ Quick mode on nq-sample-dlai, the eight main systems: 190 s on 2 quiet CPU cores
 with all systems 21 min (fp32, before bf16 became the CPU default); MedQuAD and SQuAD with bm25,
 random_init, untrained, qa_lib, qa_lib_tied, qa_lib_ungrouped and st_mnrl 75 min together (bf16).
 All nine systems on all three datasets: about two hours there, estimated from the per-system times
-(not run as one job); choose with ``--systems``.
+(not run as one job); choose with ``--systems``. bm25, untrained, qa_lib and the two hybrids on all
+three datasets: 50 min on a slower 2-core EPYC without AVX512-BF16 (fp32).
 
 Writes ``<dataset>.md``, ``<dataset>.json`` and ``<dataset>.png`` under ``runs/bench/quality/``;
 with two or more of the echo variants (qa_lib, qa_lib_noecho, echo_negative, ...) also
@@ -70,12 +79,15 @@ MAIN_SYSTEMS = (
     "qa_lib_noecho",
     "qa_lib_ungrouped",
     "st_mnrl",
+    "untrained_hybrid",
+    "qa_lib_hybrid",
 )
 ECHO_EXTRA = ("echo_negative", "echo_negative_w0.1", "prior_lr_0.02")  # with --echo-curve
 SYSTEMS = MAIN_SYSTEMS + ECHO_EXTRA
 # echo-trade-off systems: qa_lib variants that differ only in how the echo is pushed down
 ECHO_VARIANTS = ("qa_lib", "qa_lib_noecho", "echo_negative", "echo_negative_w0.1", "prior_lr_0.02")
-SEEDLESS = ("bm25", "untrained")  # deterministic: measured once
+SEEDLESS = ("bm25", "untrained", "untrained_hybrid")  # deterministic: measured once
+HYBRIDS = {"untrained_hybrid": "untrained", "qa_lib_hybrid": "qa_lib"}  # hybrid -> its towers
 KEYS = (
     "recall@1",
     "recall@5",
@@ -97,6 +109,7 @@ class Budget:
     weight_decay: float = 0.01
     max_train: int | None = 1600  # training pairs kept (seeded sample); None = all
     max_test: int | None = None  # test questions kept (seeded sample; the pool is unchanged)
+    max_val: int = 500  # validation pairs (training pairs not sampled) that tune hybrid weights
     seeds: int = 3
     lesson_epochs: int = 5  # the original lesson trained its random-init towers 5 epochs
     progress: bool = False  # tqdm bars while training
@@ -112,7 +125,9 @@ class Setup:
     name: str
     train: object  # qa_lib.data.Pairs
     test: object  # qa_lib.data.Pairs
+    val: object  # qa_lib.data.Pairs: tunes the hybrids' weight; never the test pairs
     notes: list[str] = field(default_factory=list)
+    models: dict = field(default_factory=dict)  # (system, seed) -> (model, training s), for hybrids
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -149,12 +164,32 @@ def load_split(name: str, data_dir: Path):
     return train, test, "the source's own split (MedQuAD: by topic; BEIR: qrels files)"
 
 
+def sample_rows(n: int, limit: int | None) -> list[int]:
+    """A seeded sample of ``limit`` of ``range(n)``, sorted; all rows when they are fewer."""
+    if limit is None or n <= limit:
+        return list(range(n))
+    return sorted(random.Random(0).sample(range(n), limit))
+
+
 def sample(pairs, limit: int | None, what: str, notes: list[str]):
     """A seeded sample of ``limit`` rows (noted), or all rows."""
-    if limit is None or len(pairs) <= limit:
+    rows = sample_rows(len(pairs), limit)
+    if len(rows) == len(pairs):
         return pairs
     notes.append(f"{what}: a seeded sample of {limit} of {len(pairs)} pairs")
-    return pairs.select(sorted(random.Random(0).sample(range(len(pairs)), limit)))
+    return pairs.select(rows)
+
+
+def validation_pairs(train_all, train_rows: list[int], limit: int, notes: list[str]):
+    """Up to ``limit`` training pairs outside the training sample; the sample itself if none."""
+    taken = set(train_rows)
+    spare = [i for i in range(len(train_all)) if i not in taken]
+    if len(spare) < 100:
+        notes.append("hybrid weight tuned on the training pairs (none left out of the sample)")
+        return train_all.select(train_rows)
+    rows = [spare[i] for i in sample_rows(len(spare), limit)]
+    notes.append(f"hybrid weight tuned on {len(rows)} training pairs left out of the sample")
+    return train_all.select(rows)
 
 
 def make_setup(name: str, data_dir: Path, budget: Budget) -> Setup | str:
@@ -162,11 +197,13 @@ def make_setup(name: str, data_dir: Path, budget: Budget) -> Setup | str:
     loaded = load_split(name, data_dir)
     if isinstance(loaded, str):
         return loaded
-    train, test, how = loaded
-    notes = [f"split: {how}; {len(train)} train / {len(test)} test pairs"]
-    train = sample(train, budget.max_train, "training", notes)
+    train_all, test, how = loaded
+    notes = [f"split: {how}; {len(train_all)} train / {len(test)} test pairs"]
+    rows = sample_rows(len(train_all), budget.max_train)
+    train = sample(train_all, budget.max_train, "training", notes)
+    val = validation_pairs(train_all, rows, budget.max_val, notes)
     test = _sample_questions(test, budget.max_test, notes)
-    return Setup(Path(name).name, train, test, notes)
+    return Setup(Path(name).name, train, test, val, notes)
 
 
 def _sample_questions(test, limit: int | None, notes: list[str]):
@@ -203,38 +240,16 @@ def metrics_from_scores(scores, echo_scores, relevant) -> dict:
     return metrics
 
 
-def bm25_echo_scores(candidates: list[str], questions: list[str]):
-    """Each question's BM25 score against its own text added to the pool as a document.
-
-    Questions are added a few at a time (at most 2% of the pool), so the pool's statistics
-    (idf, mean length) barely change; indexing all questions at once would change them a lot.
-
-    Returns:
-        (echo scores, the scores of the pool under the same indexes). Shapes (n_q,), (n_q, n_c).
-    """
-    import numpy as np
-
-    from qa_lib.negatives import bm25_index, bm25_scores
-
-    n, step = len(candidates), max(1, len(candidates) // 50)
-    echo, pool = [], []
-    for s in range(0, len(questions), step):
-        batch = questions[s : s + step]
-        both = bm25_scores(bm25_index(candidates + batch), batch)  # (len(batch), n + len(batch))
-        echo.append(both[np.arange(len(batch)), n + np.arange(len(batch))])
-        pool.append(both[:, :n])
-    return np.concatenate(echo), np.concatenate(pool)
-
-
 def run_bm25(setup: Setup, budget: Budget, seed: int) -> dict:
-    """BM25 ranking of the pool (bm25s); the echo as in :func:`bm25_echo_scores`."""
+    """BM25 ranking of the pool (bm25s); the echo as in qa_lib.hybrid.lexical_scores."""
     from qa_lib.evaluate import build_task
+    from qa_lib.hybrid import lexical_scores
     from qa_lib.negatives import bm25_index, bm25_scores
 
     task = build_task(setup.test)
     scores = bm25_scores(bm25_index(task.candidates), task.questions)
     metrics = metrics_from_scores(scores, scores.max(1), task.relevant)  # echo filled below
-    echo, pool = bm25_echo_scores(task.candidates, task.questions)
+    pool, echo = lexical_scores(task.candidates, task.questions)
     with_q = metrics_from_scores(pool, echo, task.relevant)
     metrics["question_echo_rate"] = with_q["question_echo_rate"]
     metrics["recall@1_with_echo"] = with_q["recall@1_with_echo"]
@@ -268,10 +283,24 @@ def qa_lib_system(system: str):
     }[system]
 
 
-def run_qa_lib(system: str, setup: Setup, budget: Budget, seed: int) -> dict:
-    """Build (and unless untrained, fit) a qa_lib dual encoder; evaluate it on the test pairs."""
-    from qa_lib import DualEncoder, TrainConfig, evaluate, fit
+def run_qa_lib(system: str, setup: Setup, budget: Budget, seed: int, keep: bool = False) -> dict:
+    """Build (and unless untrained, fit) a qa_lib dual encoder; evaluate it on the test pairs.
 
+    With ``keep`` the model and its training time are kept in ``setup.models`` for the hybrids.
+    """
+    from qa_lib import evaluate
+
+    model, _ = trained_model(system, setup, budget, seed, keep)
+    return evaluate(model, setup.test)
+
+
+def trained_model(system: str, setup: Setup, budget: Budget, seed: int, keep: bool = False):
+    """(model, training seconds) of a qa_lib system: from ``setup.models`` or trained now."""
+    from qa_lib import DualEncoder, TrainConfig, fit
+
+    if (system, seed) in setup.models:
+        return setup.models[(system, seed)]
+    start = time.perf_counter()
     encoder_changes, train_changes = qa_lib_system(system)
     model = DualEncoder.from_config(seed=seed, **encoder_changes)
     if train_changes is not None:
@@ -285,7 +314,23 @@ def run_qa_lib(system: str, setup: Setup, budget: Budget, seed: int) -> dict:
             **train_changes,
         )
         fit(model, setup.train, config=config, progress=budget.progress)
-    return evaluate(model, setup.test)
+    made = (model, time.perf_counter() - start)
+    if keep:
+        setup.models[(system, seed)] = made
+    return made
+
+
+def run_hybrid(system: str, setup: Setup, budget: Budget, seed: int) -> dict:
+    """A qa_lib model plus BM25, the weight tuned on the validation pairs; wall time includes
+    the towers' training even when they were reused."""
+    from qa_lib import evaluate
+    from qa_lib.hybrid import tune_lexical_weight
+
+    reused = (HYBRIDS[system], seed) in setup.models
+    model, train_s = trained_model(HYBRIDS[system], setup, budget, seed)
+    weight, _ = tune_lexical_weight(model, setup.val)
+    metrics = evaluate(model, setup.test, lexical_weight=weight)
+    return metrics | {"lexical_weight": weight, "reused_s": train_s if reused else 0.0}
 
 
 def run_st(setup: Setup, budget: Budget, seed: int) -> dict:
@@ -337,17 +382,21 @@ def evaluate_st(model, test) -> dict:
     return metrics_from_scores(q_emb @ a_emb.T, (q_emb * echo_emb).sum(-1), task.relevant)
 
 
-def run_system(system: str, setup: Setup, budget: Budget, seed: int) -> dict:
+def run_system(system: str, setup: Setup, budget: Budget, seed: int, keep=()) -> dict:
     """One system, one seed: its metrics and wall time (training + evaluation)."""
     start = time.perf_counter()
     if system == "bm25":
         metrics = run_bm25(setup, budget, seed)
     elif system == "st_mnrl":
         metrics = run_st(setup, budget, seed)
+    elif system in HYBRIDS:
+        metrics = run_hybrid(system, setup, budget, seed)
     else:
-        metrics = run_qa_lib(system, setup, budget, seed)
+        metrics = run_qa_lib(system, setup, budget, seed, keep=system in keep)
     gc.collect()
-    return {**{k: metrics[k] for k in KEYS}, "wall_s": time.perf_counter() - start}
+    wall = time.perf_counter() - start + metrics.get("reused_s", 0.0)  # reused towers' training
+    extra = {"lexical_weight": metrics["lexical_weight"]} if "lexical_weight" in metrics else {}
+    return {**{k: metrics[k] for k in KEYS}, **extra, "wall_s": wall}
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -383,8 +432,12 @@ def table(name: str, setup_info: dict, results: dict) -> str:
     ]
     for system, summary in results.items():
         cells = [fmt(summary, k) for k in KEYS]
+        weights = sorted(
+            {r["lexical_weight"] for r in summary.get("runs", []) if "lexical_weight" in r}
+        )
+        label = f"{system} (BM25 weight {', '.join(map(str, weights))})" if weights else system
         lines.append(
-            f"| {system} | {summary['seeds']} | "
+            f"| {label} | {summary['seeds']} | "
             + " | ".join(cells)
             + f" | {summary['wall_s']:.0f} |"
         )
@@ -473,11 +526,12 @@ def run_dataset(name: str, data_dir: Path, budget: Budget, systems, out: Path) -
     if setup.train.groups is None and "qa_lib_ungrouped" in systems:
         systems = [s for s in systems if s != "qa_lib_ungrouped"]  # the same as qa_lib here
         setup.notes.append("no topic labels: batches are random, qa_lib_ungrouped not run")
+    keep = {HYBRIDS[s] for s in systems if s in HYBRIDS}  # towers the hybrids reuse
     for system in systems:
         seeds = [0] if system in SEEDLESS else list(range(budget.seeds))
         runs = []
         for seed in seeds:
-            runs.append(run_system(system, setup, budget, seed))
+            runs.append(run_system(system, setup, budget, seed, keep))
             print(f"{setup.name} {system} seed {seed}: {runs[-1]}", file=sys.stderr, flush=True)
         results[system] = summarise(runs) | {"runs": runs}
     text = table(setup.name, info, results)

@@ -79,3 +79,45 @@ def test_echo_tradeoff_pairs_seeds_and_writes_table_and_plot(tmp_path):
     assert (tmp_path / "nq-echo.md").read_text().strip() == text
     assert (tmp_path / "nq-echo.png").stat().st_size > 1000
     assert quality.echo_tradeoff("nq", info, {"bm25": results["bm25"]}, tmp_path) is None
+
+
+def test_hybrid_weights_are_tuned_on_pairs_outside_the_training_sample():
+    from qa_lib.data import Pairs
+
+    quality = _quality_module()
+    pairs = Pairs([f"q{i}" for i in range(1000)], [f"a{i}" for i in range(1000)])
+    rows = quality.sample_rows(len(pairs), 300)
+    notes: list[str] = []
+    val = quality.validation_pairs(pairs, rows, 500, notes)
+    train_questions = {pairs.questions[i] for i in rows}
+    assert len(rows) == 300 and len(val) == 500 and not train_questions & set(val.questions)
+    assert "500 training pairs left out of the sample" in notes[-1]
+    # too few pairs left over: the training sample itself, and the note says so
+    small = pairs.select(range(350))
+    small_rows = quality.sample_rows(len(small), 300)
+    assert quality.validation_pairs(small, small_rows, 500, notes).questions == [
+        small.questions[i] for i in small_rows
+    ]
+    assert "tuned on the training pairs" in notes[-1]
+
+
+@pytest.mark.slow
+def test_quick_squad_hybrid_beats_bm25_and_keeps_the_echo_down(tmp_path):
+    """SQuAD quick: the fine-tuned towers plus BM25 rank above BM25 and above the dense towers,
+    and the answer prior's flag still keeps the question's own text below its answer."""
+    shared_file("squad-v1.1", "dev-v1.1.json")
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "quality.py"),
+        "--datasets=squad",
+        "--quick",
+        "--systems=bm25,qa_lib,qa_lib_hybrid",
+        f"--data-dir={SHARED_DATA}",
+        f"--out={tmp_path}",
+    ]
+    subprocess.run(cmd, check=True, cwd=ROOT, timeout=1800)
+    results = json.loads((tmp_path / "squad.json").read_text())["results"]
+    r1 = {name: r["recall@1"] for name, r in results.items()}
+    assert r1["qa_lib_hybrid"] > r1["bm25"] and r1["qa_lib_hybrid"] > r1["qa_lib"], r1
+    assert results["qa_lib_hybrid"]["question_echo_rate"] < 0.05, results["qa_lib_hybrid"]
+    assert results["qa_lib_hybrid"]["runs"][0]["lexical_weight"] > 0
