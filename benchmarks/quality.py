@@ -25,8 +25,9 @@ Every system is measured in one run on the same split and the same candidate poo
                   reused when it ran in the same job)
 
 The hybrids' BM25 weight is the one with the best MRR@10 on validation pairs: up to 500 training
-pairs left out of the training sample (never test pairs); where the sample took every training
-pair (nq), on the training pairs themselves, which favours the dense side (the towers saw them).
+pairs left out of the training sample (never test pairs; on SQuAD and MedQuAD they share articles
+and diseases, often answers, with the sample); where the sample took every training pair (nq), on
+the training pairs themselves. Both favour the dense side: the towers have seen those answers.
 
 Metrics (qa_lib.evaluate's definitions): Recall@1/5/10, MRR@10, nDCG@10 and the question-echo rate
 (the question's own text, added as a candidate, ties or beats its best answer). Trained systems:

@@ -1,4 +1,4 @@
-"""qa_lib.hybrid: standardised dense + BM25 scores, the weight tuning and the hybrid evaluation."""
+"""qa_lib.hybrid: dense score + weighted BM25 share, the weight tuning and the hybrid evaluation."""
 
 from __future__ import annotations
 
