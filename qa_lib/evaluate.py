@@ -150,8 +150,7 @@ def evaluate(
         rel = task.relevant[start:end]
         if lexical_weight:  # the echo's lexical share is 1 (all its words) unless it is flagged
             lexical, own = lexical_scores(task.candidates, task.questions[start:end])
-            pool_flags = None if flags is None else flags[None, :]
-            scores = fuse(scores, lexical, own, lexical_weight, pool_flags)
+            scores = fuse(scores, lexical, own, lexical_weight, flags)
             own_flags = None if echo_flags is None else echo_flags[start:end, None]
             echo_score = fuse(echo_score[:, None], own[:, None], own, lexical_weight, own_flags)
             echo_score = echo_score[:, 0]

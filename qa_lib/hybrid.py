@@ -49,8 +49,8 @@ def fuse(
         lexical: BM25 scores of the same pairs. Shape (n_questions, n).
         self_scores: each question's BM25 score against its own text. Shape (n_questions,).
         weight: the lexical share's weight (0: the dense score).
-        flagged: True for candidates the answer prior flags as questions (no lexical share);
-            broadcastable to (n_questions, n). None: no flags.
+        flagged: True for candidates the answer prior flags as questions (no lexical share):
+            one per candidate, shape (n,), or broadcastable to (n_questions, n). None: no flags.
 
     Returns:
         The fused scores. Shape (n_questions, n).
@@ -128,7 +128,6 @@ def hybrid_scores(
     if not weight:
         return q_emb @ a_emb.T
     flags = prior_flags(model, a_emb)
-    flags = None if flags is None else flags[None, :]
     return fuse(q_emb @ a_emb.T, *lexical_scores(candidates, questions), weight, flags)
 
 
@@ -154,7 +153,6 @@ def tune_lexical_weight(
     q_emb = model.encode_questions(task.questions, batch_size)
     a_emb = model.encode_answers(task.candidates, batch_size)
     flags = prior_flags(model, a_emb)
-    flags = None if flags is None else flags[None, :]
     lexical, own = lexical_scores(task.candidates, task.questions)
     mrr = {
         w: rank_metrics(fuse(q_emb @ a_emb.T, lexical, own, w, flags), task.relevant)["mrr@10"]
