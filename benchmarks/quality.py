@@ -6,17 +6,18 @@ Every system is measured in one run on the same split and the same candidate poo
   random_init     the original lesson's towers: a 3-layer BERT of the MiniLM config with random
                   weights, CLS pooling, raw dot product, no echo term, 5 epochs
   untrained       the pretrained MiniLM towers (qa_lib defaults), not trained
-  qa_lib          qa_lib fine-tuned, two separate towers, library defaults (the answer prior's
-                  question detector learns from the echoes)
-  qa_lib_tied     the same with one shared tower (no answer prior: a tied model has no answer side)
+  qa_lib          qa_lib fine-tuned, two separate towers, library defaults (the question flag's
+                  detector learns from the echoes)
+  qa_lib_tied     the same with one shared tower (no question flag: a tied model has no answer side)
   qa_lib_hardneg  qa_lib with one BM25-mined hard negative per pair (qa_lib.negatives)
   qa_lib_noecho   qa_lib without the echo objective: the same towers, the detector untrained
   qa_lib_ungrouped  qa_lib with random batches instead of topic-aware ones (only run where the
                   pairs carry topics: SQuAD articles, MedQuAD diseases)
-  echo_negative   no answer prior; each question's echo is one extra in-batch negative (weight 1)
+  echo_negative   no question flag; each question's echo is one extra in-batch negative (weight 1)
                   that trains the towers apart: the first fix tried (issue 6)
   echo_negative_w0.1  the same with weight 0.1
-  prior_lr_0.02   qa_lib with the detector's learning rate at 0.02 instead of 0.1
+  flag_lr_0.02    qa_lib with the detector's learning rate at 0.02 instead of 0.1 (called
+                  prior_lr_0.02 before the answer prior was renamed the question flag)
   st_mnrl         sentence-transformers MultipleNegativesRankingLoss from the same base model with
                   the same data, epochs, batch size, learning rate and weight decay
   untrained_hybrid  the untrained towers plus BM25 (qa_lib.hybrid: dense + w * bm25(q, d) /
@@ -24,12 +25,16 @@ Every system is measured in one run on the same split and the same candidate poo
   qa_lib_hybrid   the same with the fine-tuned qa_lib towers (the qa_lib run of the same seed is
                   reused when it ran in the same job)
 
+The qa_lib systems from random_init to flag_lr_0.02 are the named variants of
+``qa_lib.experiments.VARIANTS`` (notebook 05 trains the same ones); bm25 and st_mnrl are the
+adapters of ``benchmarks/peers.py``, measured by the same metrics (``qa_lib.metrics``).
+
 The hybrids' BM25 weight is the one with the best MRR@10 on validation pairs: up to 500 training
 pairs left out of the training sample (never test pairs; on SQuAD and MedQuAD they share articles
 and diseases, often answers, with the sample); where the sample took every training pair (nq), on
 the training pairs themselves. Both favour the dense side: the towers have seen those answers.
 
-Metrics (qa_lib.evaluate's definitions): Recall@1/5/10, MRR@10, nDCG@10 and the question-echo rate
+Metrics (qa_lib.metrics' definitions): Recall@1/5/10, MRR@10, nDCG@10 and the question-echo rate
 (the question's own text, added as a candidate, ties or beats its best answer). Trained systems:
 mean ± std over seeds; the split is fixed (seed 0), the seed changes init, data order and dropout.
 
@@ -58,10 +63,20 @@ import json
 import random
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+import peers  # benchmarks/peers.py: BM25 and sentence-transformers as qa_lib scorers
+
+from qa_lib import TrainConfig, evaluate
+from qa_lib.config import default_model_path
+from qa_lib.data import read_pairs
+from qa_lib.experiments import VARIANTS, train_variant
+from qa_lib.hybrid import tune_lexical_weight
+from qa_lib.metrics import METRIC_KEYS, build_task
+from qa_lib.plotting import plot_metric_bars, save_figure
+from qa_lib.reporting import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -83,21 +98,13 @@ MAIN_SYSTEMS = (
     "untrained_hybrid",
     "qa_lib_hybrid",
 )
-ECHO_EXTRA = ("echo_negative", "echo_negative_w0.1", "prior_lr_0.02")  # with --echo-curve
+ECHO_EXTRA = ("echo_negative", "echo_negative_w0.1", "flag_lr_0.02")  # with --echo-curve
 SYSTEMS = MAIN_SYSTEMS + ECHO_EXTRA
 # echo-trade-off systems: qa_lib variants that differ only in how the echo is pushed down
-ECHO_VARIANTS = ("qa_lib", "qa_lib_noecho", "echo_negative", "echo_negative_w0.1", "prior_lr_0.02")
+ECHO_VARIANTS = ("qa_lib", "qa_lib_noecho", "echo_negative", "echo_negative_w0.1", "flag_lr_0.02")
 SEEDLESS = ("bm25", "untrained", "untrained_hybrid")  # deterministic: measured once
 HYBRIDS = {"untrained_hybrid": "untrained", "qa_lib_hybrid": "qa_lib"}  # hybrid -> its towers
-KEYS = (
-    "recall@1",
-    "recall@5",
-    "recall@10",
-    "mrr@10",
-    "ndcg@10",
-    "question_echo_rate",
-    "recall@1_with_echo",
-)
+KEYS = tuple(k for k in METRIC_KEYS if k != "mean_rank")  # the metrics the tables show
 
 
 @dataclass
@@ -143,8 +150,6 @@ def split_by(pairs, test_keys: set, keys: list) -> tuple:
 
 def load_split(name: str, data_dir: Path):
     """The named dataset's train/test pairs, or a string saying why it is skipped."""
-    from qa_lib.data import read_pairs
-
     path = data_dir / FILES[name] if name in FILES else Path(name)
     if not path.exists():
         return f"{path} not found (shared data absent)"
@@ -215,106 +220,35 @@ def _sample_questions(test, limit: int | None, notes: list[str]):
     return sample(test, limit, "test questions (pool kept whole)", notes)
 
 
-# ----------------------------------------------------------------------------- scoring
+# ----------------------------------------------------------------------------- systems
 
 
-def metrics_from_scores(scores, echo_scores, relevant) -> dict:
-    """qa_lib.evaluate's metrics from a score matrix and each question's echo score.
-
-    Args:
-        scores: question-candidate scores. Shape (n_questions, n_candidates).
-        echo_scores: each question's score against its own text. Shape (n_questions,).
-        relevant: the relevant candidate indices of each question.
-    """
-    import torch
-
-    from qa_lib.evaluate import metrics_from_ranks, relevant_ranks
-
-    scores = torch.as_tensor(scores, dtype=torch.float32)
-    ranks = relevant_ranks(scores, relevant)
-    best = torch.stack([row[list(r)].max() for row, r in zip(scores, relevant)])
-    echo = torch.as_tensor(echo_scores, dtype=torch.float32) >= best
-    metrics = metrics_from_ranks(ranks)
-    metrics["question_echo_rate"] = echo.double().mean().item()
-    top1 = torch.tensor([min(r) == 1 for r in ranks])
-    metrics["recall@1_with_echo"] = (top1 & ~echo).double().mean().item()
-    return metrics
-
-
-def run_bm25(setup: Setup, budget: Budget, seed: int) -> dict:
-    """BM25 ranking of the pool (bm25s); the echo as in qa_lib.hybrid.lexical_scores."""
-    from qa_lib.evaluate import build_task
-    from qa_lib.hybrid import lexical_scores
-    from qa_lib.negatives import bm25_index, bm25_scores
-
-    task = build_task(setup.test)
-    scores = bm25_scores(bm25_index(task.candidates), task.questions)
-    metrics = metrics_from_scores(scores, scores.max(1), task.relevant)  # echo filled below
-    pool, echo = lexical_scores(task.candidates, task.questions)
-    with_q = metrics_from_scores(pool, echo, task.relevant)
-    metrics["question_echo_rate"] = with_q["question_echo_rate"]
-    metrics["recall@1_with_echo"] = with_q["recall@1_with_echo"]
-    return metrics
-
-
-# ----------------------------------------------------------------------------- neural systems
-
-
-def qa_lib_system(system: str):
-    """(EncoderConfig changes, TrainConfig changes) of a qa_lib system."""
-    return {
-        "random_init": (
-            dict(
-                pretrained=False,
-                pooling="cls",
-                normalize=False,
-                model_overrides=(("num_hidden_layers", 3),),
-            ),
-            dict(echo_weight=0.0, scale=1.0),
-        ),
-        "untrained": ({}, None),
-        "qa_lib": ({}, {}),
-        "qa_lib_tied": (dict(tied=True), {}),
-        "qa_lib_hardneg": ({}, dict(hard_negatives=1)),
-        "qa_lib_noecho": ({}, dict(echo_weight=0.0)),
-        "qa_lib_ungrouped": ({}, dict(group_batches=False)),
-        "echo_negative": (dict(answer_prior=False), dict(echo_weight=1.0)),
-        "echo_negative_w0.1": (dict(answer_prior=False), dict(echo_weight=0.1)),
-        "prior_lr_0.02": ({}, dict(prior_lr=0.02)),
-    }[system]
-
-
-def run_qa_lib(system: str, setup: Setup, budget: Budget, seed: int, keep: bool = False) -> dict:
-    """Build (and unless untrained, fit) a qa_lib dual encoder; evaluate it on the test pairs.
-
-    With ``keep`` the model and its training time are kept in ``setup.models`` for the hybrids.
-    """
-    from qa_lib import evaluate
-
-    model, _ = trained_model(system, setup, budget, seed, keep)
-    return evaluate(model, setup.test)
+def train_budget(budget: Budget) -> TrainConfig:
+    """The training settings every trained qa_lib variant shares (qa_lib.experiments)."""
+    return TrainConfig(
+        num_epochs=budget.num_epochs,
+        batch_size=budget.batch_size,
+        lr=budget.lr,
+        weight_decay=budget.weight_decay,
+    )
 
 
 def trained_model(system: str, setup: Setup, budget: Budget, seed: int, keep: bool = False):
-    """(model, training seconds) of a qa_lib system: from ``setup.models`` or trained now."""
-    from qa_lib import DualEncoder, TrainConfig, fit
+    """(model, training seconds) of a qa_lib variant: from ``setup.models`` or trained now.
 
+    With ``keep`` the model and its training time are kept in ``setup.models`` for the hybrids.
+    """
     if (system, seed) in setup.models:
         return setup.models[(system, seed)]
     start = time.perf_counter()
-    encoder_changes, train_changes = qa_lib_system(system)
-    model = DualEncoder.from_config(seed=seed, **encoder_changes)
-    if train_changes is not None:
-        epochs = budget.lesson_epochs if system == "random_init" else budget.num_epochs
-        config = TrainConfig(
-            num_epochs=epochs,
-            batch_size=budget.batch_size,
-            lr=budget.lr,
-            weight_decay=budget.weight_decay,
-            seed=seed,
-            **train_changes,
-        )
-        fit(model, setup.train, config=config, progress=budget.progress)
+    model = train_variant(
+        system,
+        setup.train,
+        train_budget(budget),
+        seed=seed,
+        lesson_epochs=budget.lesson_epochs,
+        progress=budget.progress,
+    )
     made = (model, time.perf_counter() - start)
     if keep:
         setup.models[(system, seed)] = made
@@ -324,9 +258,6 @@ def trained_model(system: str, setup: Setup, budget: Budget, seed: int, keep: bo
 def run_hybrid(system: str, setup: Setup, budget: Budget, seed: int) -> dict:
     """A qa_lib model plus BM25, the weight tuned on the validation pairs; wall time includes
     the towers' training even when they were reused."""
-    from qa_lib import evaluate
-    from qa_lib.hybrid import tune_lexical_weight
-
     reused = (HYBRIDS[system], seed) in setup.models
     model, train_s = trained_model(HYBRIDS[system], setup, budget, seed)
     weight, _ = tune_lexical_weight(model, setup.val)
@@ -336,64 +267,33 @@ def run_hybrid(system: str, setup: Setup, budget: Budget, seed: int) -> dict:
 
 def run_st(setup: Setup, budget: Budget, seed: int) -> dict:
     """sentence-transformers MNRL fine-tune (one shared tower); evaluated with qa_lib's metrics."""
-    from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-        losses,
-        models,
+    model = peers.st_model(default_model_path(), max_seq_length=128, device="cpu")
+    peers.train_mnrl(
+        model,
+        setup.train.questions,
+        setup.train.answers,
+        num_train_epochs=budget.num_epochs,
+        per_device_train_batch_size=budget.batch_size,
+        learning_rate=budget.lr,
+        weight_decay=budget.weight_decay,
+        seed=seed,
+        use_cpu=True,
     )
-
-    from qa_lib.config import default_model_path
-
-    word = models.Transformer(default_model_path(), max_seq_length=128)
-    pooling = models.Pooling(word.get_word_embedding_dimension(), "mean")
-    model = SentenceTransformer(modules=[word, pooling], device="cpu")
-    with tempfile.TemporaryDirectory() as tmp:
-        args = SentenceTransformerTrainingArguments(
-            output_dir=tmp,
-            num_train_epochs=budget.num_epochs,
-            per_device_train_batch_size=budget.batch_size,
-            learning_rate=budget.lr,
-            weight_decay=budget.weight_decay,
-            warmup_ratio=0.1,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_drop_last=True,
-            seed=seed,
-            use_cpu=True,
-        )
-        data = Dataset.from_dict({"anchor": setup.train.questions, "positive": setup.train.answers})
-        loss = losses.MultipleNegativesRankingLoss(model)
-        SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss).train()
-    return evaluate_st(model, setup.test)
-
-
-def evaluate_st(model, test) -> dict:
-    """Cosine scores of a shared-tower model; its echo is the question encoded as a document."""
-    from qa_lib.evaluate import build_task
-
-    task = build_task(test)
-    encode = dict(convert_to_tensor=True, normalize_embeddings=True, batch_size=64)
-    q_emb = model.encode(task.questions, **encode).cpu()  # (n_questions, dim)
-    a_emb = model.encode(task.candidates, **encode).cpu()  # (n_candidates, dim)
-    echo_emb = model.encode(task.questions, **encode).cpu()  # one tower: same as q_emb
-    return metrics_from_scores(q_emb @ a_emb.T, (q_emb * echo_emb).sum(-1), task.relevant)
+    return evaluate(peers.STEncoder(model), setup.test)
 
 
 def run_system(system: str, setup: Setup, budget: Budget, seed: int, keep=()) -> dict:
     """One system, one seed: its metrics and wall time (training + evaluation)."""
     start = time.perf_counter()
     if system == "bm25":
-        metrics = run_bm25(setup, budget, seed)
+        metrics = peers.bm25_metrics(setup.test)
     elif system == "st_mnrl":
         metrics = run_st(setup, budget, seed)
     elif system in HYBRIDS:
         metrics = run_hybrid(system, setup, budget, seed)
-    else:
-        metrics = run_qa_lib(system, setup, budget, seed, keep=system in keep)
+    else:  # a qa_lib variant
+        model, _ = trained_model(system, setup, budget, seed, keep=system in keep)
+        metrics = evaluate(model, setup.test)
     gc.collect()
     wall = time.perf_counter() - start + metrics.get("reused_s", 0.0)  # reused towers' training
     extra = {"lexical_weight": metrics["lexical_weight"]} if "lexical_weight" in metrics else {}
@@ -420,35 +320,35 @@ def fmt(summary: dict, key: str) -> str:
     return value if std is None else f"{value} ± {std:.3f}"
 
 
+def label(system: str, summary: dict) -> str:
+    """The system's name, with the BM25 weights its hybrid runs chose."""
+    weights = sorted(
+        {r["lexical_weight"] for r in summary.get("runs", []) if "lexical_weight" in r}
+    )
+    return f"{system} (BM25 weight {', '.join(map(str, weights))})" if weights else system
+
+
 def table(name: str, setup_info: dict, results: dict) -> str:
     """The Markdown table of one dataset, with its pool size, chance level and notes."""
+    columns = ("seeds", *KEYS, "wall s / seed")
+    rows = {
+        label(system, s): {"seeds": str(s["seeds"]), "wall s / seed": f"{s['wall_s']:.0f}"}
+        | {k: fmt(s, k) for k in KEYS}
+        for system, s in results.items()
+    }
     lines = [
         f"### {name}: {setup_info['n_questions']} test questions, pool of "
         f"{setup_info['n_candidates']} candidates, chance Recall@1 = {setup_info['chance']:.4f}",
         "",
         *[f"- {note}" for note in setup_info["notes"]],
         "",
-        "| system | seeds | " + " | ".join(KEYS) + " | wall s / seed |",
-        "|---|---|" + "---|" * len(KEYS) + "---|",
+        markdown_table(rows, columns, "system"),
     ]
-    for system, summary in results.items():
-        cells = [fmt(summary, k) for k in KEYS]
-        weights = sorted(
-            {r["lexical_weight"] for r in summary.get("runs", []) if "lexical_weight" in r}
-        )
-        label = f"{system} (BM25 weight {', '.join(map(str, weights))})" if weights else system
-        lines.append(
-            f"| {label} | {summary['seeds']} | "
-            + " | ".join(cells)
-            + f" | {summary['wall_s']:.0f} |"
-        )
     return "\n".join(lines)
 
 
 def plot(results: dict, chance: float, path: Path) -> None:
     """Grouped bars of the means, with the chance Recall@1 line."""
-    from qa_lib.plotting import plot_metric_bars, save_figure
-
     means = {name: {k: s[k] for k in KEYS} for name, s in results.items()}
     fig = plot_metric_bars(means, keys=KEYS, chance=chance)
     if len(means) > 4:  # value labels of many bars overlap: the table has the numbers
@@ -458,45 +358,85 @@ def plot(results: dict, chance: float, path: Path) -> None:
     save_figure(fig, path)
 
 
-ECHO_HOW = {
-    "qa_lib": "answer prior (default): the answer tower flags questions; towers untouched",
-    "qa_lib_noecho": "none: the plain in-batch loss",
-    "echo_negative": "each question, via the answer tower, as one extra negative (weight 1)",
-    "echo_negative_w0.1": "the same with weight 0.1",
-    "prior_lr_0.02": "answer prior, its detector at learning rate 0.02 (default 0.1)",
-}
+def plot_echo_tradeoff(results: dict, marked: str | None = None):
+    """Recall@1 against the question-echo rate, one point per system (up and left is better).
+
+    Args:
+        results: per system, ``recall@1`` and ``question_echo_rate`` (optionally with
+            ``recall@1_std`` and ``question_echo_rate_std``, drawn as error bars).
+        marked: the system to mark as the chosen default (a star).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    for i, (name, m) in enumerate(results.items()):
+        star = name == marked
+        ax.errorbar(
+            m["question_echo_rate"],
+            m["recall@1"],
+            xerr=m.get("question_echo_rate_std") or None,
+            yerr=m.get("recall@1_std") or None,
+            fmt="*" if star else "o",
+            ms=12 if star else 5,
+            color="tab:red" if star else "tab:blue",
+            capsize=2,
+        )
+        ax.annotate(
+            f"{name} (default)" if star else name,
+            (m["question_echo_rate"], m["recall@1"]),
+            fontsize=7,
+            xytext=(5, 4 if i % 2 == 0 else -10),  # alternate, so close points stay readable
+            textcoords="offset points",
+        )
+    ax.set(xlabel="question-echo rate (lower is better)", ylabel="recall@1", xlim=(-0.05, 1.05))
+    return fig
+
+
+ECHO_COLUMNS = (
+    "how the echo is pushed down",
+    "seeds",
+    "echo rate",
+    "recall@1",
+    "Δ recall@1 vs no echo",
+    "recall@1 with echo",
+)
+
+
+def echo_row(variant: str, results: dict) -> dict:
+    """One echo variant's cells; its Δ recall@1 is paired by seed against ``qa_lib_noecho``."""
+    r, base = results[variant], results.get("qa_lib_noecho")
+    delta = "–"
+    if base is not None and variant != "qa_lib_noecho":
+        pairs = [a["recall@1"] - b["recall@1"] for a, b in zip(r["runs"], base["runs"])]
+        delta = f"{statistics.fmean(pairs):+.3f}"
+    cells = (
+        VARIANTS[variant].about,
+        str(r["seeds"]),
+        fmt(r, "question_echo_rate"),
+        fmt(r, "recall@1"),
+        delta,
+        fmt(r, "recall@1_with_echo"),
+    )
+    return dict(zip(ECHO_COLUMNS, cells))
 
 
 def echo_tradeoff(name: str, info: dict, results: dict, out: Path) -> str | None:
     """The echo variants' table and plot (echo rate vs Recall@1); None if fewer than two ran.
 
     ``Δ recall@1`` is paired by seed against ``qa_lib_noecho``: the same seeds, so the same data
-    order; with the answer prior the towers are even the same (only the flag differs).
+    order; with the question flag the towers are even the same (only the flag differs).
     """
-    from qa_lib.plotting import plot_echo_tradeoff, save_figure
-
     variants = [v for v in ECHO_VARIANTS if v in results]
     if len(variants) < 2:
         return None
-    base = results.get("qa_lib_noecho")
-    lines = [
-        f"#### {name}: the echo trade-off ({info['n_questions']} test questions)",
-        "",
-        "| system | how the echo is pushed down | seeds | echo rate | recall@1 "
-        "| Δ recall@1 vs no echo | recall@1 with echo |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for v in variants:
-        r = results[v]
-        delta = "–"
-        if base is not None and v != "qa_lib_noecho":
-            pairs = [a["recall@1"] - b["recall@1"] for a, b in zip(r["runs"], base["runs"])]
-            delta = f"{statistics.fmean(pairs):+.3f}"
-        lines.append(
-            f"| {v} | {ECHO_HOW[v]} | {r['seeds']} | {fmt(r, 'question_echo_rate')} | "
-            f"{fmt(r, 'recall@1')} | {delta} | {fmt(r, 'recall@1_with_echo')} |"
-        )
-    text = "\n".join(lines)
+    rows = {v: echo_row(v, results) for v in variants}
+    text = "\n".join(
+        [
+            f"#### {name}: the echo trade-off ({info['n_questions']} test questions)",
+            "",
+            markdown_table(rows, ECHO_COLUMNS, "system"),
+        ]
+    )
     (out / f"{name}-echo.md").write_text(text + "\n")
     points = {s: r for s, r in results.items() if s not in ("random_init",)}
     fig = plot_echo_tradeoff(points, marked="qa_lib" if "qa_lib" in results else None)
@@ -509,8 +449,6 @@ def echo_tradeoff(name: str, info: dict, results: dict, out: Path) -> str | None
 
 def run_dataset(name: str, data_dir: Path, budget: Budget, systems, out: Path) -> str | None:
     """Every system on one dataset; writes .md, .json and .png; returns the table."""
-    from qa_lib.evaluate import build_task
-
     setup = make_setup(name, data_dir, budget)
     if isinstance(setup, str):
         print(f"skipping {name}: {setup}", file=sys.stderr)

@@ -7,17 +7,18 @@ Measured in one run, same model, batch, data and lengths, each system in its own
   st      sentence-transformers' trainer with MultipleNegativesRankingLoss (one shared tower,
           mean pooling; bf16 on CUDA, its default fp32 on CPU), the tool practitioners pick
   st-bf16 the same with ``bf16=True`` on CPU too (CPU preset: what st gains from bf16 alone)
-  qa_lib  qa_lib.train.fit with its defaults (two towers, the answer prior's detector learning from
-          the echoes: the questions read once more by the answer tower, forward only; pre-tokenised,
-          length-sorted answer chunks; SDPA, fused AdamW; bf16 autocast where the hardware
-          multiplies bf16 natively: CUDA, and CPUs with AVX512-BF16 or AMX)
+  qa_lib  qa_lib.train.fit with its defaults (two towers, the question flag's detector learning
+          from the echoes: the questions read once more by the answer tower, forward only;
+          pre-tokenised, length-sorted answer chunks; SDPA, fused AdamW; bf16 autocast where the
+          hardware multiplies bf16 natively: CUDA, and CPUs with AVX512-BF16 or AMX)
   qa_lib-noecho  the same without the echo objective (the same work per pair as st)
   qa_lib-fp32    qa_lib with ``precision="fp32"`` (CPU preset: the gain without bf16)
   qa_lib-compile, qa_lib-noecho-compile  the same with torch.compile (GPU preset)
 
 Steady-state pairs/s are timed between step boundaries after warm-up steps (with a device
-synchronise at each boundary). Encoding compares qa_lib's ``encode_answers`` with the raw forward
-pass of the answer tower on pre-tokenised, length-sorted batches.
+synchronise at each boundary; qa_lib's boundaries come from ``fit``'s ``on_step`` hook, st's from
+a trainer callback). Encoding compares qa_lib's ``encode_answers`` with the raw forward pass of
+the answer tower on pre-tokenised, length-sorted batches.
 
     python benchmarks/throughput.py                  # CPU: packaged MiniLM, nq-sample pairs
     python benchmarks/throughput.py --preset gpu     # CUDA: BERT-base-sized towers, fixed shape
@@ -39,6 +40,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import peers  # benchmarks/peers.py: the sentence-transformers model, built once for both benchmarks
 
 ROOT = Path(__file__).resolve().parents[1]
 NQ = ROOT.parent / "shared" / "data" / "nq-sample-dlai" / "nq_sample.tsv"
@@ -163,19 +166,9 @@ def run_plain(spec: Spec, questions, answers, clock: Clock) -> None:
 
 
 def run_st(spec: Spec, questions, answers, clock: Clock, bf16: bool | None = None) -> None:
-    from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-        losses,
-        models,
-    )
     from transformers import TrainerCallback
 
-    word = models.Transformer(spec.model_dir, max_seq_length=spec.max_a_len)
-    pooling = models.Pooling(word.get_word_embedding_dimension(), "mean")
-    model = SentenceTransformer(modules=[word, pooling], device=spec.device)
+    model = peers.st_model(spec.model_dir, max_seq_length=spec.max_a_len, device=spec.device)
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -184,27 +177,19 @@ def run_st(spec: Spec, questions, answers, clock: Clock, bf16: bool | None = Non
         def on_train_end(self, args, state, control, **kwargs):
             clock.mark()
 
-    out = tempfile.mkdtemp()
-    args = SentenceTransformerTrainingArguments(
-        output_dir=out,
+    peers.train_mnrl(
+        model,
+        questions,
+        answers,
+        callbacks=[Timer()],
         per_device_train_batch_size=spec.batch_size,
         learning_rate=spec.lr,
         max_steps=spec.warmup + spec.steps,
-        warmup_ratio=0.1,
         bf16=spec.device.startswith("cuda") if bf16 is None else bf16,
-        save_strategy="no",
         logging_steps=10_000,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_drop_last=True,
         seed=0,
         use_cpu=spec.device == "cpu",
     )
-    data = Dataset.from_dict({"anchor": questions, "positive": answers})
-    loss = losses.MultipleNegativesRankingLoss(model)
-    SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=data, loss=loss, callbacks=[Timer()]
-    ).train()
 
 
 def run_qa_lib(
@@ -216,16 +201,8 @@ def run_qa_lib(
     compile: bool = False,
     precision: str = "auto",
 ) -> None:
-    import qa_lib.train as train_module
     from qa_lib import DualEncoder, EncoderConfig, Pairs, TrainConfig, fit
 
-    step_fn = train_module.train_step
-
-    def timed_step(*args, **kwargs):
-        clock.mark()
-        return step_fn(*args, **kwargs)
-
-    train_module.train_step = timed_step
     model = DualEncoder.from_config(
         EncoderConfig(model=spec.model_dir, max_q_len=spec.max_q_len, max_a_len=spec.max_a_len)
     )
@@ -234,14 +211,15 @@ def run_qa_lib(
         lr=spec.lr,
         num_epochs=1000,
         max_steps=spec.warmup + spec.steps + 1,
-        echo_weight=1.0 if echo else 0.0,
+        flag_loss_weight=1.0 if echo else 0.0,
         device=spec.device,
         grad_cache_chunk=spec.grad_cache_chunk,
         compile=compile,
         precision=precision,
     )
     n = (spec.warmup + spec.steps + 2) * spec.batch_size
-    fit(model, Pairs(questions[:n], answers[:n]), config=config, progress=False)
+    pairs = Pairs(questions[:n], answers[:n])
+    fit(model, pairs, config=config, progress=False, on_step=lambda _: clock.mark())
 
 
 def run_encode(spec: Spec, questions, answers) -> dict:
@@ -249,20 +227,20 @@ def run_encode(spec: Spec, questions, answers) -> dict:
     import torch
 
     from qa_lib import DualEncoder, EncoderConfig
-    from qa_lib.encoders import _autocast
+    from qa_lib.batching import sorted_chunks
+    from qa_lib.runtime import autocast
 
     texts = answers[: spec.encode_count]
     model = DualEncoder.from_config(EncoderConfig(model=spec.model_dir, max_a_len=spec.max_a_len))
     model.to(spec.device).eval()
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
     batches = [
-        model.tokenize([texts[i] for i in order[s : s + 64]], spec.max_a_len)
-        for s in range(0, len(order), 64)
+        model.tokenize([texts[i] for i in chunk], spec.max_a_len)
+        for chunk in sorted_chunks([len(t) for t in texts], 64, longest_first=True)
     ]
     sync = torch.cuda.synchronize if spec.device.startswith("cuda") else (lambda: None)
 
     def raw() -> None:
-        with torch.inference_mode(), _autocast(model.device):
+        with torch.inference_mode(), autocast(model.device):
             for batch in batches:
                 model.embed_answers(batch)
         sync()
@@ -278,13 +256,7 @@ def run_encode(spec: Spec, questions, answers) -> dict:
         "qa_lib_encode": timed(lambda: model.encode_answers(texts, batch_size=64)),
     }
     try:
-        from sentence_transformers import SentenceTransformer, models
-
-        word = models.Transformer(spec.model_dir, max_seq_length=spec.max_a_len)
-        st = SentenceTransformer(
-            modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean")],
-            device=spec.device,
-        )
+        st = peers.st_model(spec.model_dir, max_seq_length=spec.max_a_len, device=spec.device)
         if spec.device.startswith("cuda"):
             st = st.to(torch.bfloat16)
         result["st_encode"] = timed(lambda: st.encode(texts, batch_size=64))
@@ -368,32 +340,50 @@ def run_worker(system: str, spec: Spec) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+TRAIN_COLUMNS = ("pairs/s", "× st", "peak memory (MiB)", "MFU")
+
+
+def training_row(r: dict, base: float | None) -> dict:
+    """One training loop's cells; ``base`` is st's pairs/s (None when st did not run)."""
+    if "pairs_per_s" not in r:
+        return {"pairs/s": f"failed: {r['error'][:80]}"} | dict.fromkeys(TRAIN_COLUMNS[1:], "")
+    mem = r.get("peak_gpu_mib", r["peak_rss_mib"])
+    return {
+        "pairs/s": f"{r['pairs_per_s']:.1f}",
+        "× st": f"{r['pairs_per_s'] / base:.2f}" if base else "-",
+        "peak memory (MiB)": f"{mem:.0f}",
+        "MFU": f"{r['mfu']:.0%}" if "mfu" in r else "-",
+    }
+
+
 def table(results: dict, spec: Spec) -> str:
+    """The training table (ratios to st) and, when encode ran, the encoding table."""
+    from qa_lib.reporting import markdown_table
+
     base = results.get("st", {}).get("pairs_per_s")
-    lines = [
-        f"| training loop ({spec.preset}, batch {spec.batch_size}, {spec.device}) | pairs/s "
-        "| × st | peak memory (MiB) | MFU |",
-        "|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        if name == "encode" or "pairs_per_s" not in r:
-            if "error" in r:
-                lines.append(f"| {name} | failed: {r['error'][:80]} | | | |")
-            continue
-        ratio = f"{r['pairs_per_s'] / base:.2f}" if base else "-"
-        mem = r.get("peak_gpu_mib", r["peak_rss_mib"])
-        mfu = f"{r['mfu']:.0%}" if "mfu" in r else "-"
-        lines.append(f"| {name} | {r['pairs_per_s']:.1f} | {ratio} | {mem:.0f} | {mfu} |")
+    rows = {
+        name: training_row(r, base)
+        for name, r in results.items()
+        if name != "encode" and ("pairs_per_s" in r or "error" in r)
+    }
+    first = f"training loop ({spec.preset}, batch {spec.batch_size}, {spec.device})"
+    text = markdown_table(rows, TRAIN_COLUMNS, first)
     enc = results.get("encode", {})
     if "raw_forward" in enc:
-        lines += ["", "| encoding (answers) | passages/s | × raw forward |", "|---|---|---|"]
-        for key in ("raw_forward", "qa_lib_encode", "st_encode"):
-            if key in enc:
-                lines.append(f"| {key} | {enc[key]:.1f} | {enc[key] / enc['raw_forward']:.2f} |")
-    return "\n".join(lines)
+        encoding = {
+            key: {
+                "passages/s": f"{enc[key]:.1f}",
+                "× raw forward": f"{enc[key] / enc['raw_forward']:.2f}",
+            }
+            for key in ("raw_forward", "qa_lib_encode", "st_encode")
+            if key in enc
+        }
+        columns = ("passages/s", "× raw forward")
+        text += "\n\n" + markdown_table(encoding, columns, "encoding (answers)")
+    return text
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--systems", default=None, help="comma-separated (default: per preset)")
@@ -408,7 +398,67 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def make_spec(args: argparse.Namespace, gpu: bool) -> Spec:
+    """The preset's configuration, with the command line's changes."""
+    return Spec(
+        preset=args.preset,
+        device="cuda" if gpu else "cpu",
+        batch_size=args.batch_size or (128 if gpu else 32),
+        warmup=args.warmup or (5 if gpu else 2),
+        steps=args.steps or (20 if gpu else 8),
+        encode_count=20_000 if gpu else 1000,
+    )
+
+
+def system_names(args: argparse.Namespace, gpu: bool) -> list[str]:
+    """The systems to run: ``--systems``, else the preset's; ``gradcache`` with ``--grad-cache``."""
+    cpu_systems = "plain,st,st-bf16,qa_lib,qa_lib-noecho,qa_lib-fp32,encode"
+    systems = (
+        args.systems or ("plain,st,qa_lib,qa_lib-noecho,encode" if gpu else cpu_systems)
+    ).split(",")
+    if args.grad_cache and "gradcache" not in systems:
+        systems.append("gradcache")
+    return systems
+
+
+def run_systems(systems: list[str], spec: Spec, gpu: bool) -> dict:
+    """Each system's result, each in its own worker; ``gradcache`` is qa_lib on a large batch."""
+    results = {}
+    for system in systems:
+        print(f"running {system} ...", file=sys.stderr, flush=True)
+        if system == "gradcache":
+            big = Spec(
+                **{
+                    **asdict(spec),
+                    "batch_size": 4096 if gpu else 512,
+                    "warmup": 1,
+                    "steps": 2,
+                    "grad_cache_chunk": 128 if gpu else 32,
+                }
+            )
+            system = f"qa_lib batch {big.batch_size} + grad cache {big.grad_cache_chunk}"
+            results[system] = run_worker("qa_lib", big)
+        else:
+            results[system] = run_worker(system, spec)
+        print(f"  {results[system]}", file=sys.stderr, flush=True)
+    return results
+
+
+def add_mfu(results: dict, spec: Spec, gpu: bool) -> tuple[float | None, float]:
+    """Each training loop's MFU on the GPU; returns (matmul ceiling TFLOP/s, FLOPs per pair)."""
+    ceiling = matmul_tflops() if gpu else None
+    useful = flops_per_pair(spec, echo=False)  # q + a per pair, as in the issue
+    for r in results.values():
+        if ceiling and "pairs_per_s" in r:
+            r["mfu"] = r["pairs_per_s"] * useful / (ceiling * 1e12)
+    return ceiling, useful
+
+
+def main() -> None:
+    args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.worker:
         print(json.dumps(worker(args.worker, Spec(**json.loads(args.spec)))))
@@ -418,45 +468,11 @@ def main() -> None:
     gpu = args.preset == "gpu"
     if gpu and not torch.cuda.is_available():
         sys.exit("--preset gpu needs a CUDA device")
-    spec = Spec(
-        preset=args.preset,
-        device="cuda" if gpu else "cpu",
-        batch_size=args.batch_size or (128 if gpu else 32),
-        warmup=args.warmup or (5 if gpu else 2),
-        steps=args.steps or (20 if gpu else 8),
-        encode_count=20_000 if gpu else 1000,
-    )
+    spec = make_spec(args, gpu)
     with tempfile.TemporaryDirectory() as tmp:
         spec.model_dir = prepare_model_dir(args.preset, Path(tmp))
-        results = {}
-        cpu_systems = "plain,st,st-bf16,qa_lib,qa_lib-noecho,qa_lib-fp32,encode"
-        systems = (
-            args.systems or ("plain,st,qa_lib,qa_lib-noecho,encode" if gpu else cpu_systems)
-        ).split(",")
-        if args.grad_cache and "gradcache" not in systems:
-            systems.append("gradcache")
-        for system in systems:
-            print(f"running {system} ...", file=sys.stderr, flush=True)
-            if system == "gradcache":
-                big = Spec(
-                    **{
-                        **asdict(spec),
-                        "batch_size": 4096 if gpu else 512,
-                        "warmup": 1,
-                        "steps": 2,
-                        "grad_cache_chunk": 128 if gpu else 32,
-                    }
-                )
-                system = f"qa_lib batch {big.batch_size} + grad cache {big.grad_cache_chunk}"
-                results[system] = run_worker("qa_lib", big)
-            else:
-                results[system] = run_worker(system, spec)
-            print(f"  {results[system]}", file=sys.stderr, flush=True)
-        ceiling = matmul_tflops() if gpu else None
-        useful = flops_per_pair(spec, echo=False)  # q + a per pair, as in the issue
-        for r in results.values():
-            if ceiling and "pairs_per_s" in r:
-                r["mfu"] = r["pairs_per_s"] * useful / (ceiling * 1e12)
+        results = run_systems(system_names(args, gpu), spec, gpu)
+        ceiling, useful = add_mfu(results, spec, gpu)
     record = {
         "spec": asdict(spec),
         "results": results,

@@ -19,11 +19,15 @@ from qa_lib.data import Pairs, load_pairs, split_pairs
 from qa_lib.encoders import DualEncoder
 from qa_lib.errors import QAError
 from qa_lib.evaluate import demo_scores, evaluate
+from qa_lib.experiments import VARIANTS, train_variant
 from qa_lib.hybrid import hybrid_scores, tune_lexical_weight
 from qa_lib.losses import in_batch_loss
+from qa_lib.metrics import METRIC_KEYS, metrics_from_scores
 from qa_lib.train import History, fit
 
 __all__ = [
+    "METRIC_KEYS",
+    "VARIANTS",
     "DualEncoder",
     "EncoderConfig",
     "History",
@@ -36,7 +40,9 @@ __all__ = [
     "hybrid_scores",
     "in_batch_loss",
     "load_pairs",
+    "metrics_from_scores",
     "preset",
     "split_pairs",
+    "train_variant",
     "tune_lexical_weight",
 ]

@@ -1,4 +1,4 @@
-"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+"""Training checkpoints: everything to continue a run exactly where it stopped (notebook 04).
 
 A checkpoint is two files in ``<out_dir>/checkpoints/``:
 
@@ -19,11 +19,9 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from qa_lib.files import atomic_file, write_json
@@ -39,34 +37,6 @@ _NAME = re.compile(r"^step-(\d+)\.json$")
 def checkpoint_dir(out_dir: str | os.PathLike) -> Path:
     """The folder holding a run's checkpoints."""
     return Path(out_dir) / CHECKPOINT_DIR
-
-
-def capture_rng() -> dict:
-    """Every random state training touches: Python, NumPy, torch CPU and (if present) CUDA.
-
-    Returns:
-        Plain Python values and tensors (loadable with ``torch.load(weights_only=True)``).
-    """
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"name": name, "keys": keys.tolist(), "pos": pos, "gauss": (has_gauss, gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    """Put back the random states saved by :func:`capture_rng`."""
-    random.setstate(state["python"])
-    numpy = state["numpy"]
-    keys = np.array(numpy["keys"], dtype=np.uint32)
-    np.random.set_state((numpy["name"], keys, numpy["pos"], *numpy["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(out_dir: str | os.PathLike, state: dict, keep: int = KEEP) -> Path:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m qa_lib {quickstart,train,evaluate,demo}``.
+"""Command line (README, notebook 04): ``python -m qa_lib {quickstart,train,evaluate,demo}``.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2.
 """
@@ -7,32 +7,24 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-from qa_lib.config import PRECISIONS, EncoderConfig, TrainConfig
+from qa_lib.config import EncoderConfig, TrainConfig
+from qa_lib.data import load_pairs
+from qa_lib.encoders import DualEncoder
 from qa_lib.errors import QAError
+from qa_lib.evaluate import demo_scores, evaluate
+from qa_lib.files import write_json
+from qa_lib.hybrid import tune_lexical_weight
+from qa_lib.plotting import plot_epoch_metrics, plot_loss, plot_metric_bars, save_figure
+from qa_lib.reporting import format_demo, format_table, run_record
+from qa_lib.runtime import PRECISIONS
+from qa_lib.saving import is_model_folder
+from qa_lib.train import fit
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _versions() -> dict[str, str]:
-    import numpy
-    import torch
-    import transformers
-
-    import qa_lib
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
-        "qa_lib": qa_lib.__version__,
-    }
 
 
 def _check_out_dir(out: Path, overwrite: bool, resume: bool = False) -> None:
@@ -47,40 +39,6 @@ def _check_out_dir(out: Path, overwrite: bool, resume: bool = False) -> None:
         )
 
 
-def _run_record(args, model, config: TrainConfig, train, history) -> dict:
-    """What metrics.json records so a run can be reproduced: seed, versions, model, data, config."""
-    from qa_lib.config import DEFAULT_MODEL, resolve_model_name
-
-    return {
-        "seed": config.seed,
-        "versions": _versions(),
-        "model": model.config.model or DEFAULT_MODEL,
-        "model_path": resolve_model_name(model.config.model),
-        "data": args.data,
-        "data_fingerprint": train.fingerprint(),
-        "n_train": len(train),
-        "encoder": asdict(model.config),
-        "train": asdict(config),
-        "argv": args.argv,
-        "history": history.as_dict(),
-    }
-
-
-def format_table(results: dict[str, dict[str, float]], keys=None) -> str:
-    """A Markdown table: one row per system, one column per metric (default: every metric)."""
-    if keys is None:
-        from qa_lib.evaluate import METRIC_KEYS as keys
-    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for name, metrics in results.items():
-        cells = [f"{metrics[k]:.3f}" if k in metrics else "-" for k in keys]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def format_demo(scores: list[tuple[str, float]]) -> str:
-    return "\n".join(f"  {score:8.3f}  {text}" for text, score in scores)
-
-
 def _encoder_config(args) -> EncoderConfig:
     return EncoderConfig(
         model=args.model,
@@ -89,7 +47,7 @@ def _encoder_config(args) -> EncoderConfig:
         pretrained=not args.random_init,
         normalize=not args.dot,
         proj_dim=args.proj_dim,
-        answer_prior=not args.no_answer_prior,
+        question_flag=not args.no_question_flag,
     )
 
 
@@ -101,8 +59,9 @@ def _train_config(args) -> TrainConfig:
         seed=args.seed,
         max_steps=args.max_steps,
         checkpoint_every=getattr(args, "checkpoint_every", None),
-        echo_weight=args.echo_weight,
-        prior_lr=args.prior_lr,
+        flag_loss_weight=args.flag_loss_weight,
+        echo_negative_weight=args.echo_negative_weight,
+        flag_lr=args.flag_lr,
         hard_negatives=args.hard_negatives,
         group_batches=not args.no_group_batches,
         scale=args.scale,
@@ -111,18 +70,14 @@ def _train_config(args) -> TrainConfig:
     )
 
 
-def _load_model(spec: str | None, seed: int = 0):
+def _load_model(spec: str | None, seed: int = 0) -> DualEncoder:
     """A saved dual encoder folder, or a model name/folder for untrained towers."""
-    from qa_lib.encoders import OPTIONS_FILE, DualEncoder
-
-    if spec and (Path(spec) / OPTIONS_FILE).is_file():
+    if spec and is_model_folder(spec):
         return DualEncoder.load(spec)
     return DualEncoder.from_config(EncoderConfig(model=spec), seed=seed)
 
 
 def _save_plots(out: Path, history, baseline: dict | None) -> list[str]:
-    from qa_lib.plotting import plot_epoch_metrics, plot_loss, save_figure
-
     save_figure(plot_loss(history.step_loss, history.chance_loss), out / "loss.png")
     names = ["loss.png"]
     if history.epochs and "recall@1" in history.epochs[0]:
@@ -131,16 +86,15 @@ def _save_plots(out: Path, history, baseline: dict | None) -> list[str]:
     return names
 
 
+def _splits(args, names=("train", "validation", "test")) -> list:
+    return [load_pairs(args.data, s, seed=args.seed) for s in names]
+
+
 # ----------------------------------------------------------------------------- commands
 
 
 def cmd_train(args) -> dict:
     """Train on ``--data`` and save best/last models, metrics.json and plots in ``--out``."""
-    from qa_lib.data import load_pairs
-    from qa_lib.encoders import DualEncoder
-    from qa_lib.files import write_json
-    from qa_lib.train import fit
-
     out = Path(args.out)
     _check_out_dir(out, args.overwrite, args.resume)
     train = load_pairs(args.data, args.split, seed=args.seed, drop_incomplete=args.drop_incomplete)
@@ -158,7 +112,7 @@ def cmd_train(args) -> dict:
     history = fit(
         model, train, val, config, out_dir=out, progress=not args.quiet, resume=args.resume
     )
-    record = _run_record(args, model, config, train, history)
+    record = run_record(args.data, args.argv, model, config, train, history)
     record["train_seconds"] = time.perf_counter() - start  # this session only, when resumed
     record["plots"] = _save_plots(out, history, None)
     write_json(out / "metrics.json", record)
@@ -172,16 +126,10 @@ def cmd_train(args) -> dict:
 
 def cmd_evaluate(args) -> dict:
     """Evaluate a saved model (or untrained towers) on ``--data``'s split."""
-    from qa_lib.data import load_pairs
-    from qa_lib.evaluate import evaluate
-    from qa_lib.files import write_json
-
     pairs = load_pairs(args.data, args.split, seed=args.seed)
     model = _load_model(args.model, seed=args.seed)
     weight = args.lexical_weight
     if args.tune_on:
-        from qa_lib.hybrid import tune_lexical_weight
-
         held_out = load_pairs(args.data, args.tune_on, seed=args.seed)
         weight, mrr = tune_lexical_weight(model, held_out)
         grid = ", ".join(f"{w}: {v:.3f}" for w, v in mrr.items())
@@ -197,8 +145,6 @@ def cmd_evaluate(args) -> dict:
 
 def cmd_demo(args) -> list:
     """Score the lesson's demo question against its three candidates."""
-    from qa_lib.evaluate import demo_scores
-
     scores = demo_scores(_load_model(args.model))
     print(format_demo(scores))
     return scores
@@ -206,87 +152,58 @@ def cmd_demo(args) -> list:
 
 def cmd_quickstart(args) -> dict:
     """The main job: train on the embedded data, compare untrained vs trained on its test split."""
-    from qa_lib.data import load_pairs
-    from qa_lib.encoders import DualEncoder
-    from qa_lib.evaluate import demo_scores, evaluate
-    from qa_lib.files import write_json
-    from qa_lib.plotting import plot_metric_bars, save_figure
-    from qa_lib.train import fit
-
     start = time.perf_counter()
     out = Path(args.out)
     _check_out_dir(out, args.overwrite)
-    train, val, test = (
-        load_pairs(args.data, s, seed=args.seed) for s in ("train", "validation", "test")
-    )
-    print(
-        f"data: {len(train)} train / {len(val)} validation / {len(test)} test pairs "
-        f"({train.report.summary() if train.report else 'not cleaned'})"
-    )
+    train, val, test = _splits(args)
+    cleaning = train.report.summary() if train.report else "not cleaned"
+    print(f"data: {len(train)} train / {len(val)} validation / {len(test)} test pairs ({cleaning})")
     model = DualEncoder.from_config(_encoder_config(args), seed=args.seed)
-    before = evaluate(model, test, progress=not args.quiet)
-    demo_before = demo_scores(model)
+    before, demo_before = evaluate(model, test, progress=not args.quiet), demo_scores(model)
     config = _train_config(args)
     history = fit(model, train, val, config, out_dir=out, progress=not args.quiet)
     model = DualEncoder.load(out / "best")
-    after = evaluate(model, test, progress=not args.quiet)
-    demo_after = demo_scores(model)
+    after, demo_after = evaluate(model, test, progress=not args.quiet), demo_scores(model)
     results = {"untrained": before, "trained": after}
-    print(
-        "\nHeld-out test split ("
-        f"{after['n_questions']} questions, "
-        f"{after['n_candidates']} candidates, chance recall@1 = {after['chance_recall@1']:.3f}):"
-    )
-    print(format_table(results))
-    print("\nThe lesson's demo, before training:\n" + format_demo(demo_before))
-    print("after training:\n" + format_demo(demo_after))
+    _print_quickstart(results, demo_before, demo_after)
     plots = _save_plots(out, history, before)
-    save_figure(
-        plot_metric_bars(results, chance=after["chance_recall@1"]), out / "test_metrics.png"
-    )
+    bars = plot_metric_bars(results, chance=after["chance_recall@1"])
+    save_figure(bars, out / "test_metrics.png")
     record = {
-        **_run_record(args, model, config, train, history),
+        **run_record(args.data, args.argv, model, config, train, history),
         "test": results,
         "demo": {"untrained": demo_before, "trained": demo_after},
         "plots": plots + ["test_metrics.png"],
         "wall_seconds": time.perf_counter() - start,
     }
     write_json(out / "metrics.json", record)
-    print(
-        f"\nwrote {out}/metrics.json, plots and models (best, last) in "
-        f"{time.perf_counter() - start:.0f} s"
-    )
+    elapsed = time.perf_counter() - start
+    print(f"\nwrote {out}/metrics.json, plots and models (best, last) in {elapsed:.0f} s")
     return record
+
+
+def _print_quickstart(results: dict, demo_before, demo_after) -> None:
+    after = results["trained"]
+    print(
+        f"\nHeld-out test split ({after['n_questions']} questions, {after['n_candidates']} "
+        f"candidates, chance recall@1 = {after['chance_recall@1']:.3f}):"
+    )
+    print(format_table(results))
+    print("\nThe lesson's demo, before training:\n" + format_demo(demo_before))
+    print("after training:\n" + format_demo(demo_after))
 
 
 # ----------------------------------------------------------------------------- parser
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
+def _add_training_options(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     p.add_argument("--model", default=None, help="hub id or folder (default: packaged MiniLM)")
     p.add_argument("--epochs", type=int, default=defaults.num_epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--scale", type=float, default=defaults.scale, help="inverse temperature")
-    p.add_argument(
-        "--echo-weight",
-        type=float,
-        default=defaults.echo_weight,
-        help="weight of the echo objective: the answer prior's detector loss, or with "
-        "--no-answer-prior each question's own text as a negative (0 = off)",
-    )
-    p.add_argument(
-        "--no-answer-prior",
-        action="store_true",
-        help="no question flag on the answer side: the echo negative trains the towers instead",
-    )
-    p.add_argument(
-        "--prior-lr",
-        type=float,
-        default=defaults.prior_lr,
-        help="learning rate of the answer prior's detector",
-    )
+    p.add_argument("--max-steps", type=int, default=None)
     p.add_argument(
         "--hard-negatives",
         type=int,
@@ -298,12 +215,6 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="random batches even when the data has topics (default: one topic per batch)",
     )
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
-    p.add_argument("--proj-dim", type=int, default=None, help="add a projection to this size")
-    p.add_argument("--tied", action="store_true", help="one shared encoder for both sides")
-    p.add_argument("--random-init", action="store_true", help="random weights, same config")
-    p.add_argument("--dot", action="store_true", help="raw dot product instead of cosine")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument(
         "--precision",
@@ -314,18 +225,53 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qa_lib", description=__doc__.splitlines()[0])
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_echo_options(p: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    p.add_argument(
+        "--no-question-flag",
+        "--no-answer-prior",
+        dest="no_question_flag",
+        action="store_true",
+        help="no question flag on the answer side (the echo then wins unless "
+        "--echo-negative-weight trains the towers apart)",
+    )
+    p.add_argument(
+        "--flag-loss-weight",
+        type=float,
+        default=defaults.flag_loss_weight,
+        help="weight of the question flag's detector loss (0 = the detector stays untrained)",
+    )
+    p.add_argument(
+        "--echo-negative-weight",
+        type=float,
+        default=defaults.echo_negative_weight,
+        help="each question's own text as an extra negative counted this many times (0 = off)",
+    )
+    p.add_argument(
+        "--flag-lr",
+        "--prior-lr",
+        dest="flag_lr",
+        type=float,
+        default=defaults.flag_lr,
+        help="learning rate of the question flag's detector",
+    )
 
-    p = sub.add_parser("quickstart", help="train + before/after evaluation (make demo)")
-    p.add_argument("--data", default="default")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--seed", type=int, default=0)
-    _add_model_options(p)
-    p.set_defaults(func=cmd_quickstart, epochs=5)
 
+def _add_encoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
+    p.add_argument("--proj-dim", type=int, default=None, help="add a projection to this size")
+    p.add_argument("--tied", action="store_true", help="one shared encoder for both sides")
+    p.add_argument("--random-init", action="store_true", help="random weights, same config")
+    p.add_argument("--dot", action="store_true", help="raw dot product instead of cosine")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    _add_training_options(p)
+    _add_echo_options(p)
+    _add_encoder_options(p)
+
+
+def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a dual encoder")
     p.add_argument("--data", required=True, help="file, folder, hub id, or 'default'")
     p.add_argument("--out", required=True, help="folder for models, metrics.json and plots")
@@ -353,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="held-out metrics for a model")
     p.add_argument("--model", default=None, help="saved model folder, or a model name/folder")
     p.add_argument("--data", default="default")
@@ -374,6 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_evaluate)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qa_lib", description=__doc__.splitlines()[0])
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("quickstart", help="train + before/after evaluation (make demo)")
+    p.add_argument("--data", default="default")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--seed", type=int, default=0)
+    _add_model_options(p)
+    p.set_defaults(func=cmd_quickstart, epochs=5)
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
     p = sub.add_parser("demo", help="the lesson's demo: question, answer, Donald Duck")
     p.add_argument("--model", default=None, help="saved model folder, or a model name/folder")
     p.set_defaults(func=cmd_demo)

@@ -1,15 +1,16 @@
-"""Frozen configuration dataclasses, with the ``smoke`` and ``full`` presets."""
+"""Frozen configuration dataclasses and the ``smoke``/``full`` presets (notebooks 02 and 04)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
 
+from qa_lib.errors import QAError
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # resolved to the packaged copy; any hub id or folder works too
 DEMO_QUESTION = "What is the tallest mountain in the world?"
 DEMO_ANSWER = "The tallest mountain in the world is Mount Everest."
 DEMO_DISTRACTOR = "Who is Donald Duck?"
-PRECISIONS = ("auto", "fp32", "bf16")  # TrainConfig.precision: see qa_lib.encoders.use_bf16
 
 
 def default_model_path() -> str:
@@ -39,13 +40,22 @@ class EncoderConfig:
     proj_dim: int | None = None  # add a linear projection per tower to this size; None = none
     normalize: bool = True  # True: cosine scores; False: raw dot products
     tied: bool = False  # True: one shared encoder for questions and answers
-    answer_prior: bool = True  # separate towers: the answer tower flags question-like texts, and
-    # a flagged text loses 1 from every score (one extra embedding column; see DualEncoder)
-    prior_depth: float = 0.67  # the flag's detector reads the layer at this share of the depth
+    question_flag: bool = True  # separate towers: the answer tower flags question-like texts, and
+    # a flagged text loses 1 from every score (one extra embedding column; qa_lib.question_flag)
+    flag_depth: float = 0.67  # the flag's detector reads the layer at this share of the depth
     pretrained: bool = True  # False: random init from the same config (as the original lesson)
     max_q_len: int = 32  # question tokens kept
     max_a_len: int = 128  # answer tokens kept
     model_overrides: tuple[tuple[str, object], ...] = ()  # config fields for random init, e.g. tiny
+
+    @property
+    def has_question_flag(self) -> bool:
+        """Whether the question flag is on: ``question_flag``, separate towers, cosine scores.
+
+        A tied encoder has no answer-only part; with raw dot products a flag's -1 would not be
+        the whole range of a score.
+        """
+        return self.question_flag and not self.tied and self.normalize
 
 
 @dataclass(frozen=True)
@@ -60,9 +70,11 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables
     scale: float = 20.0  # inverse temperature multiplying the scores before the softmax
     symmetric: bool = False  # also score each answer against all questions
-    echo_weight: float = 1.0  # weight of the echo objective: the answer prior's detector loss, or
-    # without the prior, the question-echo negative in the in-batch loss (0 = neither)
-    prior_lr: float = 0.1  # AdamW learning rate of the answer prior's detector (a linear probe
+    flag_loss_weight: float = 1.0  # weight of the question flag's detector loss, which learns
+    # from the echoes (each question read by the answer tower); 0 = the detector stays untrained
+    echo_negative_weight: float = 0.0  # each question's echo as one extra in-batch negative that
+    # trains the towers apart, counted as this many negatives (0 = off; tied towers: always off)
+    flag_lr: float = 0.1  # AdamW learning rate of the question flag's detector (a linear probe
     # trained from zero in a few dozen steps: far above the towers' rate)
     group_batches: bool = True  # topic-aware batches when the pairs carry groups (articles,
     # topics): each batch holds one or a few groups, so its negatives are on-topic
@@ -76,6 +88,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the towers (pays off on GPU for long runs)
     precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware
     # multiplies bf16 natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX), else fp32
+    # (qa_lib.runtime.PRECISIONS)
     log_every: int | None = None  # steps between loss read-backs; None = 1 on CPU, 10 on CUDA
     eval_batch_size: int = 64  # texts per forward pass when encoding for validation
     device: str | None = None  # "cpu", "cuda", ...; None = cuda if available else cpu
@@ -97,8 +110,6 @@ def preset(name: str, **overrides: object) -> TrainConfig:
     Returns:
         The frozen TrainConfig.
     """
-    from qa_lib.errors import QAError
-
     if name not in PRESETS:
         raise QAError(f"unknown preset {name!r}: use one of {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)

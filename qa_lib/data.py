@@ -1,4 +1,4 @@
-"""Load question-answer pairs from many sources, clean them, and split them reproducibly.
+"""Load question-answer pairs from many sources, clean them, split them reproducibly (notebook 01).
 
 Sources understood by :func:`load_pairs`:
 
@@ -408,7 +408,7 @@ _SPLIT_ALIASES = {"dev": "validation", "val": "validation", "valid": "validation
 
 def default_data_path() -> Path:
     """The embedded default dataset's file (package data)."""
-    return Path(str(resources.files("qa_lib") / "data" / "default_pairs.jsonl"))
+    return Path(str(resources.files("qa_lib") / "embedded" / "default_pairs.jsonl"))
 
 
 def read_pairs(

@@ -1,4 +1,4 @@
-"""The one exception type that qa_lib raises for problems a user can cause and fix."""
+"""The one exception type qa_lib raises for problems a user can cause and fix (notebook 01)."""
 
 from __future__ import annotations
 

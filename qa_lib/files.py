@@ -1,4 +1,4 @@
-"""Write files so that a crash never leaves a half-written one behind."""
+"""Write files so that a crash never leaves a half-written one behind (used from notebook 01 on)."""
 
 from __future__ import annotations
 

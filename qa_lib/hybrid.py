@@ -1,4 +1,4 @@
-"""Hybrid ranking: the dual encoder's score plus a weighted BM25 score.
+"""Hybrid ranking: the dual encoder's score plus a weighted BM25 score (notebook 05, section 8).
 
 A dense tower squeezes a passage into one vector. It keeps the topic and the paraphrases and loses
 some of the exact rare words: names, dates, numbers. BM25 keeps exactly those words and nothing
@@ -16,7 +16,7 @@ The lexical term is the idf-weighted share of the question a candidate matches: 
 for nearly every candidate, on the scale of the cosine. ``weight`` is chosen on held-out pairs
 with :func:`tune_lexical_weight`; 0 is the dense model.
 
-A candidate the answer prior flags as a question gets no lexical share. The question's own text
+A candidate the question flag marks as a question gets no lexical share. The question's own text
 (the echo) matches every one of its words, so BM25 would hand it back the top place that the
 flag took away (measured on SQuAD quick: echo rate 0.152 when flagged candidates kept their
 share, 0.004 when they get none).
@@ -26,11 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
+from qa_lib.bm25 import lexical_scores
 from qa_lib.errors import QAError
-from qa_lib.negatives import bm25_index, bm25_scores
+from qa_lib.metrics import build_task, rank_metrics
+from qa_lib.question_flag import flagged
 
 DEFAULT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)  # the grid tune_lexical_weight tries
 
@@ -40,7 +41,7 @@ def fuse(
     lexical: torch.Tensor,
     self_scores: torch.Tensor,
     weight: float,
-    flagged: torch.Tensor | None = None,
+    flags: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``dense + weight * lexical / self_scores``: the hybrid score.
 
@@ -49,7 +50,7 @@ def fuse(
         lexical: BM25 scores of the same pairs. Shape (n_questions, n).
         self_scores: each question's BM25 score against its own text. Shape (n_questions,).
         weight: the lexical share's weight (0: the dense score).
-        flagged: True for candidates the answer prior flags as questions (no lexical share):
+        flags: True for candidates the question flag marks (no lexical share):
             one per candidate, shape (n,), or broadcastable to (n_questions, n). None: no flags.
 
     Returns:
@@ -61,52 +62,9 @@ def fuse(
         return dense
     share = torch.as_tensor(lexical).float() / torch.as_tensor(self_scores).float()[:, None]
     share = share.nan_to_num(0.0)  # a question without an indexable word (0 / 0): no share
-    if flagged is not None:
-        share = share.masked_fill(flagged, 0.0)
+    if flags is not None:
+        share = share.masked_fill(flags, 0.0)
     return dense + weight * share
-
-
-def prior_flags(model, a_emb: torch.Tensor) -> torch.Tensor | None:
-    """Which answer-tower embeddings carry the answer prior's question flag (None: no prior).
-
-    Args:
-        model: the dual encoder that made ``a_emb``.
-        a_emb: answer-tower embeddings, the flag (-1 or 0) in the last column. Shape (n, dim).
-
-    Returns:
-        True where flagged. Shape (n,).
-    """
-    return a_emb[:, -1] < 0 if getattr(model, "has_prior", False) else None
-
-
-def lexical_scores(
-    candidates: Sequence[str], questions: Sequence[str]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BM25 (``bm25s``, as in qa_lib.negatives) of every question against every candidate and
-    against its own text.
-
-    A question's own text is scored by adding it to the pool as one more document. Questions
-    join the pool a few at a time (at most 2% of it), so the pool's statistics (idf, mean
-    length) barely change; indexing every question at once would change them a lot. The pool's
-    scores come from the same indexes, so the two are comparable.
-
-    Args:
-        candidates: the pool.
-        questions: the queries.
-
-    Returns:
-        (scores, self scores). Shapes (len(questions), len(candidates)), (len(questions),).
-    """
-    n, step = len(candidates), max(1, len(candidates) // 50)
-    candidates, own, pool = list(candidates), [], []
-    for s in range(0, len(questions), step):
-        batch = list(questions[s : s + step])
-        both = bm25_scores(bm25_index(candidates + batch), batch)  # (len(batch), n + len(batch))
-        own.append(both[np.arange(len(batch)), n + np.arange(len(batch))])
-        pool.append(both[:, :n])
-    if not pool:
-        return torch.zeros(0, n), torch.zeros(0)
-    return torch.from_numpy(np.concatenate(pool)), torch.from_numpy(np.concatenate(own))
 
 
 def hybrid_scores(
@@ -127,7 +85,7 @@ def hybrid_scores(
     q_emb, a_emb = model.encode_questions(questions), model.encode_answers(candidates)
     if not weight:
         return q_emb @ a_emb.T
-    flags = prior_flags(model, a_emb)
+    flags = flagged(model, a_emb)
     return fuse(q_emb @ a_emb.T, *lexical_scores(candidates, questions), weight, flags)
 
 
@@ -145,14 +103,12 @@ def tune_lexical_weight(
     Returns:
         (best weight, {weight: MRR@10}); ties go to the smaller weight.
     """
-    from qa_lib.evaluate import build_task, rank_metrics
-
     task = build_task(pairs)
     if len(task.candidates) < 2:
         raise QAError("tune_lexical_weight: the validation pairs need at least two answers")
     q_emb = model.encode_questions(task.questions, batch_size)
     a_emb = model.encode_answers(task.candidates, batch_size)
-    flags = prior_flags(model, a_emb)
+    flags = flagged(model, a_emb)
     lexical, own = lexical_scores(task.candidates, task.questions)
     mrr = {
         w: rank_metrics(fuse(q_emb @ a_emb.T, lexical, own, w, flags), task.relevant)["mrr@10"]

@@ -1,4 +1,4 @@
-"""BM25-mined hard negatives: wrong answers that share many words with the question.
+"""BM25-mined hard negatives: wrong answers sharing many words with the question (notebook 04).
 
 In-batch negatives are random answers, most of them easy to tell apart. A hard negative is an
 answer that a lexical retriever (BM25, via the ``bm25s`` package) ranks high for a question but
@@ -13,46 +13,11 @@ are not hard, so a question whose own answer shares no word with it gets no hard
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
+from qa_lib.bm25 import bm25_index, bm25_scores
 from qa_lib.data import Pairs
 from qa_lib.errors import QAError
-
-
-def bm25_index(documents: Sequence[str], k1: float = 0.9, b: float = 0.4):
-    """Index documents with ``bm25s`` (lower-cased words, English stop words removed).
-
-    Args:
-        documents: the texts to rank.
-        k1: term-frequency saturation.
-        b: length normalisation.
-
-    Returns:
-        A ``bm25s.BM25`` retriever over ``documents``, in their order.
-    """
-    import bm25s
-
-    retriever = bm25s.BM25(k1=k1, b=b)
-    retriever.index(
-        bm25s.tokenize(list(documents), stopwords="en", show_progress=False), show_progress=False
-    )
-    return retriever
-
-
-def bm25_scores(retriever, queries: Sequence[str]) -> np.ndarray:
-    """BM25 score of every query against every indexed document.
-
-    Returns:
-        Scores. Shape (len(queries), n_documents).
-    """
-    import bm25s
-
-    tokens = bm25s.tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False)
-    n_docs = int(retriever.scores["num_docs"])
-    rows = [retriever.get_scores(t) if t else np.zeros(n_docs, dtype=np.float32) for t in tokens]
-    return np.stack(rows) if rows else np.zeros((0, n_docs), dtype=np.float32)
 
 
 def _pick(row_scores: np.ndarray, limit: float, skip: set[int], k: int, depth: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""Small figures for the notebooks and the CLI. Each function returns a matplotlib Figure."""
+"""Small figures for the notebooks (01-05) and the CLI; each function returns a Figure."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def plot_loss(step_loss: Sequence[float], chance_loss: float | None = None, smoo
     """Training loss per step, smoothed, with the chance level as a dashed line.
 
     Chance is ln(candidates per question): ln B for the plain loss over a batch of B, ln(B + 1)
-    with the echo negative, ln B + ln 2 with the answer prior's detector loss
+    with the echo negative, ln B + ln 2 with the question flag's detector loss
     (``History.chance_loss`` holds the right value).
     """
     fig, ax = _figure()
@@ -75,39 +75,6 @@ def plot_metric_bars(
     ax.set_xticks(np.arange(len(keys)) + width * (len(results) - 1) / 2, labels, fontsize=7)
     ax.set(ylim=(0, 1.1), ylabel="score")
     fig.legend(loc="outside upper center", ncols=3, fontsize=8)
-    return fig
-
-
-def plot_echo_tradeoff(results: Mapping[str, Mapping[str, float]], marked: str | None = None):
-    """Recall@1 against the question-echo rate, one point per system (up and left is better).
-
-    Args:
-        results: per system, ``recall@1`` and ``question_echo_rate`` (optionally with
-            ``recall@1_std`` and ``question_echo_rate_std``, drawn as error bars).
-        marked: the system to mark as the chosen default (a star).
-    """
-    fig, ax = _figure((6, 3.5))
-    for i, (name, m) in enumerate(results.items()):
-        star = name == marked
-        ax.errorbar(
-            m["question_echo_rate"],
-            m["recall@1"],
-            xerr=m.get("question_echo_rate_std") or None,
-            yerr=m.get("recall@1_std") or None,
-            fmt="*" if star else "o",
-            ms=12 if star else 5,
-            color="tab:red" if star else "tab:blue",
-            capsize=2,
-        )
-        label = f"{name} (default)" if star else name
-        ax.annotate(
-            label,
-            (m["question_echo_rate"], m["recall@1"]),
-            fontsize=7,
-            xytext=(5, 4 if i % 2 == 0 else -10),  # alternate, so close points stay readable
-            textcoords="offset points",
-        )
-    ax.set(xlabel="question-echo rate (lower is better)", ylabel="recall@1", xlim=(-0.05, 1.05))
     return fig
 
 

@@ -14,8 +14,8 @@ from torch.testing import assert_close
 from qa_lib import DualEncoder
 from qa_lib.checkpoint import checkpoint_dir, load_latest_checkpoint
 from qa_lib.cli import main
-from qa_lib.evaluate import METRIC_KEYS
 from qa_lib.hybrid import DEFAULT_WEIGHTS
+from qa_lib.metrics import METRIC_KEYS
 
 
 @pytest.fixture
@@ -222,7 +222,7 @@ def test_metrics_json_records_what_reproduces_the_run(tmp_path, small_tsv, tiny_
 def test_non_finite_loss_exits_2_and_keeps_the_checkpoint(
     tmp_path, small_tsv, tiny_bert_dir, capsys, monkeypatch
 ):
-    poison_nth_call(monkeypatch, "train_step", 3, float("nan"))
+    poison_nth_call(monkeypatch, "train", "train_step", 3, float("nan"))
     out = tmp_path / "run"
     err = _error_of(
         [*_train_args(small_tsv, tiny_bert_dir, out), "--checkpoint-every", "1"], capsys
@@ -235,12 +235,19 @@ def test_echo_and_negative_options_reach_the_configs():
     from qa_lib.cli import _encoder_config, _train_config, build_parser
 
     args = build_parser().parse_args(["train", "--data", "default", "--out", "x"])
-    assert _encoder_config(args).answer_prior and _train_config(args).prior_lr == 0.1
-    options = "--no-answer-prior --prior-lr 0.2 --hard-negatives 2 --echo-weight 0.5".split()
+    assert _encoder_config(args).question_flag and _train_config(args).flag_lr == 0.1
+    options = (
+        "--no-question-flag --flag-lr 0.2 --hard-negatives 2 --flag-loss-weight 0.5 "
+        "--echo-negative-weight 0.25"
+    ).split()
     args = build_parser().parse_args(["train", "--data", "default", "--out", "x", *options])
     encoder, train = _encoder_config(args), _train_config(args)
-    assert not encoder.answer_prior
-    assert (train.prior_lr, train.hard_negatives, train.echo_weight) == (0.2, 2, 0.5)
+    assert not encoder.question_flag
+    assert (train.flag_lr, train.hard_negatives) == (0.2, 2)
+    assert (train.flag_loss_weight, train.echo_negative_weight) == (0.5, 0.25)
+    old_names = "--no-answer-prior --prior-lr 0.3".split()  # the options' names before 0.2
+    args = build_parser().parse_args(["train", "--data", "default", "--out", "x", *old_names])
+    assert not _encoder_config(args).question_flag and _train_config(args).flag_lr == 0.3
     args = build_parser().parse_args(
         ["train", "--data", "default", "--out", "x", "--precision", "fp32", "--no-group-batches"]
     )

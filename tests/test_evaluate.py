@@ -7,7 +7,8 @@ import torch
 
 from qa_lib.config import DEMO_ANSWER, DEMO_DISTRACTOR, DEMO_QUESTION
 from qa_lib.data import Pairs
-from qa_lib.evaluate import METRIC_KEYS, build_task, demo_scores, evaluate, rank_metrics
+from qa_lib.evaluate import demo_scores, evaluate
+from qa_lib.metrics import METRIC_KEYS, build_task, rank_metrics
 from tests.conftest import FixedModel
 
 

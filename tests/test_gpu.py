@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from qa_lib import DualEncoder, TrainConfig, fit, in_batch_loss
-from qa_lib.train import tokenize_pairs, train_step
+from qa_lib import DualEncoder, TrainConfig, fit
+from qa_lib.batching import tokenize_pairs
+from qa_lib.step import batch_loss, train_step
 
 pytestmark = [
     pytest.mark.gpu,
@@ -32,9 +33,12 @@ def test_bf16_fast_path_matches_fp32_reference(tiny_config, tiny_splits):
     data, idx = tokenize_pairs(model, pairs), list(range(32))
     q = model.tokenize(pairs.questions, model.config.max_q_len)
     a = model.tokenize(pairs.answers, model.config.max_a_len)
-    echo = model.embed_echoes(model.tokenize(pairs.questions, model.config.max_a_len))
-    # fp32, one padded batch; the answer prior's detector loss included, as in train_step
-    reference = in_batch_loss(*model(q, a), echo_emb=echo, answer_prior=model.has_prior)
+    echo = model.embed_echoes(
+        model.tokenize(pairs.questions, model.config.max_a_len), towers_learn=False
+    )
+    # fp32, one padded batch; the question flag's detector loss included, as in train_step
+    keys = data.answer_keys.cuda()
+    reference = batch_loss(model, TrainConfig(), *model(q, a), keys, echo)
     fast = train_step(model, data, idx, TrainConfig())  # bf16 autocast, length-sorted chunks
     assert_close(fast, reference.detach(), atol=0.05, rtol=0.02)  # bf16 tolerance
 

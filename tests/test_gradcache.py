@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from qa_lib import DualEncoder, Pairs, QAError, TrainConfig, fit, in_batch_loss
-from qa_lib.encoders import native_bf16, use_bf16
-from qa_lib.gradcache import cached_train_step, length_sorted_chunks
-from qa_lib.train import tokenize_pairs, train_step
+from qa_lib import DualEncoder, Pairs, QAError, TrainConfig, fit
+from qa_lib.batching import sorted_chunks, tokenize_pairs
+from qa_lib.runtime import native_bf16, use_bf16
+from qa_lib.step import batch_loss, cached_step, echo_weights, train_step
 
 
 def _grads(model) -> dict[str, torch.Tensor]:
@@ -23,15 +23,12 @@ def _plain_reference(model, pairs, config) -> torch.Tensor:
     q_batch = model.tokenize(pairs.questions, model.config.max_q_len)
     a_batch = model.tokenize(pairs.answers, model.config.max_a_len)
     q_emb, a_emb = model(q_batch, a_batch)
-    echo = model.embed_echoes(model.tokenize(pairs.questions, model.config.max_a_len))
-    loss = in_batch_loss(
-        q_emb,
-        a_emb,
-        config.scale,
-        echo_emb=echo,
-        echo_weight=config.echo_weight,
-        answer_prior=model.has_prior,
-    )
+    towers_learn = echo_weights(model, config)[1] > 0
+    q_tokens = model.tokenize(pairs.questions, model.config.max_a_len)
+    echo = model.embed_echoes(q_tokens, towers_learn=towers_learn)
+    keys = torch.arange(len(pairs))  # the test pairs' answers are all different
+    assert len(set(pairs.answers)) == len(pairs)
+    loss = batch_loss(model, config, q_emb, a_emb, keys, echo)
     loss.backward()
     return loss.detach()
 
@@ -42,13 +39,15 @@ def batch(tiny_model, tiny_splits):
     return pairs, tokenize_pairs(tiny_model, pairs), list(range(16))
 
 
-@pytest.mark.parametrize("answer_prior", [True, False], ids=["answer-prior", "echo-negative"])
-def test_fast_path_and_gradient_cache_match_the_plain_step(tiny_config, tiny_splits, answer_prior):
-    tiny_model = DualEncoder.from_config(tiny_config, seed=0, answer_prior=answer_prior)
+@pytest.mark.parametrize("question_flag", [True, False], ids=["question-flag", "echo-negative"])
+def test_fast_path_and_gradient_cache_match_the_plain_step(tiny_config, tiny_splits, question_flag):
+    tiny_model = DualEncoder.from_config(tiny_config, seed=0, question_flag=question_flag)
     pairs = tiny_splits[0].select(range(16))
     data, idx = tokenize_pairs(tiny_model, pairs), list(range(16))
     tiny_model.eval()  # no dropout: every path computes the same function
     config = TrainConfig(answer_chunks=4, precision="fp32")  # exact paths; bf16: next test
+    if not question_flag:  # without the flag, the echo negative trains the towers apart
+        config = replace(config, echo_negative_weight=1.0)
     loss_ref = _plain_reference(tiny_model, pairs, config)
     ref = _grads(tiny_model)
     loss_fast = train_step(tiny_model, data, idx, config)
@@ -58,7 +57,7 @@ def test_fast_path_and_gradient_cache_match_the_plain_step(tiny_config, tiny_spl
     assert_close(loss_fast, loss_ref, atol=1e-5, rtol=1e-5)
     assert_close(loss_cached, loss_ref, atol=1e-5, rtol=1e-5)
     assert ref.keys() == fast.keys() == cached.keys() and len(ref) > 10
-    assert ("a_prior.weight" in ref) == answer_prior
+    assert ("question_flag.probe.weight" in ref) == question_flag
     for name in ref:
         assert_close(fast[name], ref[name], atol=1e-5, rtol=1e-4, msg=name)
         assert_close(cached[name], ref[name], atol=1e-5, rtol=1e-4, msg=name)
@@ -94,8 +93,10 @@ def test_precision_names_resolve(tiny_model):
 def test_gradient_cache_replays_dropout_exactly(tiny_model, batch):
     _, data, idx = batch
     # equal lengths keep the length sort in input order, so both paths see the same rows
-    data = replace(data, q_ids=[q[:4] for q in data.q_ids], a_ids=[a[:8] for a in data.a_ids])
-    assert {len(q) for q in data.q_ids} == {4} and {len(a) for a in data.a_ids} == {8}
+    data = replace(
+        data, q_tokens=[q[:4] for q in data.q_tokens], a_tokens=[a[:8] for a in data.a_tokens]
+    )
+    assert {len(q) for q in data.q_tokens} == {4} and {len(a) for a in data.a_tokens} == {8}
     tiny_model.train()  # dropout on: replay must reuse each chunk's random mask
     config = TrainConfig(answer_chunks=1, precision="fp32")
     torch.manual_seed(5)
@@ -103,7 +104,7 @@ def test_gradient_cache_replays_dropout_exactly(tiny_model, batch):
     plain = _grads(tiny_model)
     torch.manual_seed(5)
     # one chunk per tower consumes the random stream in the plain step's order
-    loss_cached = cached_train_step(tiny_model, data, idx, replace(config, grad_cache_chunk=16))
+    loss_cached = cached_step(tiny_model, data, idx, replace(config, grad_cache_chunk=16))
     cached = _grads(tiny_model)
     assert_close(loss_cached, loss_plain, atol=1e-6, rtol=1e-6)
     for name in plain:
@@ -111,6 +112,6 @@ def test_gradient_cache_replays_dropout_exactly(tiny_model, batch):
 
 
 def test_length_sorted_chunks_cover_every_row_once():
-    ids = [[1] * n for n in (5, 1, 3, 9, 2)]
-    chunks = length_sorted_chunks(ids, 2)
-    assert chunks == [[1, 4], [2, 0], [3]]
+    lengths = (5, 1, 3, 9, 2)
+    assert sorted_chunks(lengths, 2) == [[1, 4], [2, 0], [3]]
+    assert sorted_chunks(lengths, 2, longest_first=True) == [[3, 0], [2, 4], [1]]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qa_lib.bm25 import lexical_scores
 from qa_lib.data import Pairs
 from qa_lib.errors import QAError
-from qa_lib.evaluate import build_task, evaluate, rank_metrics
-from qa_lib.hybrid import fuse, hybrid_scores, lexical_scores, tune_lexical_weight
+from qa_lib.evaluate import evaluate
+from qa_lib.hybrid import fuse, hybrid_scores, tune_lexical_weight
+from qa_lib.metrics import build_task, rank_metrics
 from tests.conftest import FixedModel
 
 # Each answer shares rare words with its question only; the questions share none with each other.
@@ -110,7 +112,7 @@ def test_hybrid_scores_add_the_lexical_share_to_the_model_scores():
 def test_a_flagged_echo_gets_no_lexical_share():
     # the answer tower scores each echo 0.9 (its flag's -1 included), its answer 1.0; BM25 gives
     # the echo its whole self score (share 1) and the answer less, so with weight 0.9 the echo
-    # would win; flagged by the answer prior, it gets no share and stays below its answer
+    # would win; flagged by the question flag, it gets no share and stays below its answer
     lexical, own = lexical_scores(PAIRS.answers, PAIRS.questions)
     assert (lexical.diagonal() / own < 0.85).all()  # every answer's share below 0.85
     dim = len(PAIRS) + 1
@@ -120,6 +122,6 @@ def test_a_flagged_echo_gets_no_lexical_share():
     model = FixedModel(q_vecs, a_vecs, dim)
     assert evaluate(model, PAIRS)["question_echo_rate"] == 0.0
     assert evaluate(model, PAIRS, lexical_weight=0.9)["question_echo_rate"] == 1.0  # no prior
-    model.has_prior = True
+    model.has_question_flag = True
     flagged = evaluate(model, PAIRS, lexical_weight=0.9)
     assert flagged["question_echo_rate"] == 0.0 and flagged["recall@1_with_echo"] == 1.0

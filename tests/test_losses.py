@@ -5,7 +5,7 @@ import math
 import torch
 from torch.testing import assert_close
 
-from qa_lib.losses import duplicate_mask, in_batch_loss, prior_loss
+from qa_lib.losses import duplicate_mask, in_batch_loss
 
 
 def _hand_loss(scores: list[list[float]]) -> float:
@@ -44,7 +44,7 @@ def test_duplicate_answers_are_not_negatives():
     ids = torch.tensor([7, 7, 9])  # answers 0 and 1 are the same text
     mask = duplicate_mask(ids, 3)
     assert mask.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
-    masked = in_batch_loss(q, a, scale=1.0, answer_ids=ids)
+    masked = in_batch_loss(q, a, scale=1.0, answer_keys=ids)
     # with the duplicate masked, rows 0 and 1 see only their own answer (1.0) and answer 2 (0.0);
     # row 2 sees all three: 0.0, 0.0 and its own 1.0
     rows_01 = -(1.0 - math.log(math.e + 1))
@@ -71,33 +71,3 @@ def test_echo_is_an_extra_weighted_negative():
     rows = [[1.6, 1.2, 2.0 + math.log(3)], [1.2, 1.6, 2.0 + math.log(3)]]
     assert_close(loss, torch.tensor(_hand_loss(rows)))
     assert loss > in_batch_loss(q, a, scale=2.0)
-
-
-def test_prior_loss_is_the_detector_cross_entropy():
-    undecided = torch.full((4,), -0.5)  # p = 0.5 for every text
-    assert_close(prior_loss(undecided, undecided), torch.tensor(math.log(2)))
-    sure = prior_loss(torch.full((4,), -1e-4), torch.full((3,), -(1 - 1e-4)))
-    assert sure < 1e-3
-    wrong = prior_loss(torch.full((4,), -0.9), torch.full((3,), -0.1))
-    assert_close(wrong, torch.tensor(-(math.log(0.1) + math.log(0.1)) / 2))
-
-
-def test_answer_prior_column_only_trains_the_detector():
-    """With the prior, the in-batch part ignores the last column; the echoes train it alone."""
-    torch.manual_seed(0)
-    q = torch.nn.functional.normalize(torch.randn(4, 6), dim=-1)
-    a = torch.nn.functional.normalize(torch.randn(4, 6), dim=-1)
-    prior = -torch.rand(4, 1)
-    echo_prior = -torch.rand(4, 1)
-    q_full = torch.cat([q, torch.ones(4, 1)], -1)
-    a_full = torch.cat([a, prior], -1).requires_grad_()
-    echo_full = torch.cat([q, echo_prior], -1)  # an echo as close to its question as can be
-    loss = in_batch_loss(
-        q_full, a_full, 20.0, echo_emb=echo_full, echo_weight=0.5, answer_prior=True
-    )
-    expected = in_batch_loss(q, a, 20.0) + 0.5 * prior_loss(prior[:, 0], echo_prior[:, 0])
-    assert_close(loss, expected)
-    plain = in_batch_loss(q_full, a_full, 20.0, answer_prior=True)  # no echoes: no detector loss
-    plain.backward()
-    assert torch.count_nonzero(a_full.grad[:, -1]) == 0  # the in-batch loss leaves the prior be
-    assert torch.count_nonzero(a_full.grad[:, :-1]) > 0

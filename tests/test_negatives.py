@@ -9,11 +9,12 @@ import torch
 from torch.nn import functional as F
 
 from qa_lib import DualEncoder, TrainConfig
+from qa_lib.batching import collate, tokenize_pairs
 from qa_lib.data import Pairs
 from qa_lib.errors import QAError
-from qa_lib.gradcache import cached_train_step
 from qa_lib.negatives import mine_bm25_negatives
-from qa_lib.train import collate, fit, tokenize_pairs, train_step
+from qa_lib.step import cached_step, train_step
+from qa_lib.train import fit
 
 QUESTIONS = [
     "what is the boiling point of water",
@@ -71,13 +72,13 @@ def hand_loss(model, data, idx, negatives, scale):
     A column holding a row's own answer anywhere but the diagonal is not a negative: masked.
     """
     rows = idx + [j for i in idx for j in negatives[i]]
-    q_emb = model.embed_questions(collate([data.q_ids[i] for i in idx], data.pad_id))
-    a_emb = model.embed_answers(collate([data.a_ids[i] for i in rows], data.pad_id))
+    q_emb = model.embed_questions(collate([data.q_tokens[i] for i in idx], data.pad_id))
+    a_emb = model.embed_answers(collate([data.a_tokens[i] for i in rows], data.pad_id))
     assert a_emb.shape[0] == len(idx) + sum(len(negatives[i]) for i in idx)
     logits = scale * q_emb @ a_emb.T  # (batch, batch + k * batch)
     for r, i in enumerate(idx):
         for c, j in enumerate(rows):
-            if c != r and data.answer_ids[j] == data.answer_ids[i]:
+            if c != r and data.answer_keys[j] == data.answer_keys[i]:
                 logits[r, c] = -math.inf
     return F.cross_entropy(logits, torch.arange(len(idx)))
 
@@ -86,7 +87,7 @@ def test_train_step_adds_hard_negative_columns(tiny_model):
     pairs = Pairs(QUESTIONS, ANSWERS)
     data = tokenize_pairs(tiny_model, pairs)
     data.negatives = [[2], [3], [0], [1]]
-    config = TrainConfig(echo_weight=0.0, hard_negatives=1, precision="fp32")
+    config = TrainConfig(flag_loss_weight=0.0, hard_negatives=1, precision="fp32")
     tiny_model.eval()  # no dropout, so the step and the hand computation see the same model
     for idx in ([0, 1], [0, 1, 2, 3]):  # negatives outside the batch; inside it (some masked)
         loss = train_step(tiny_model, data, idx, config)
@@ -100,11 +101,11 @@ def test_train_step_adds_hard_negative_columns(tiny_model):
 def test_gradient_caching_uses_the_same_hard_negatives(tiny_model):
     data = tokenize_pairs(tiny_model, Pairs(QUESTIONS, ANSWERS))
     data.negatives = [[2], [3], [0], [1]]
-    config = TrainConfig(echo_weight=0.0, grad_cache_chunk=2, precision="fp32")
+    config = TrainConfig(flag_loss_weight=0.0, grad_cache_chunk=2, precision="fp32")
     tiny_model.eval()
-    cached = cached_train_step(tiny_model, data, [0, 1, 2, 3], config)
+    cached = cached_step(tiny_model, data, [0, 1, 2, 3], config)
     plain = train_step(
-        tiny_model, data, [0, 1, 2, 3], TrainConfig(echo_weight=0.0, precision="fp32")
+        tiny_model, data, [0, 1, 2, 3], TrainConfig(flag_loss_weight=0.0, precision="fp32")
     )
     torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
 

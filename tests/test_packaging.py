@@ -38,7 +38,7 @@ def test_embedded_dataset_is_package_data():
     from qa_lib.data import default_data_path
 
     assert default_data_path().is_file()
-    assert "data/*.jsonl" in (ROOT / "pyproject.toml").read_text()
+    assert "embedded/*.jsonl" in (ROOT / "pyproject.toml").read_text()
 
 
 def test_ci_runs_the_readme_test_command():

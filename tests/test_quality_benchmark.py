@@ -48,8 +48,12 @@ def test_quick_benchmark_default_beats_the_echo(quick_nq):
 
 
 def _quality_module():
+    """benchmarks/quality.py as a module, with its folder importable (its ``peers`` module), as
+    when it runs as a script."""
     import importlib.util
 
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["quality"] = module  # dataclasses look their module up while it runs
@@ -104,7 +108,7 @@ def test_hybrid_weights_are_tuned_on_pairs_outside_the_training_sample():
 @pytest.mark.slow
 def test_quick_squad_hybrid_beats_bm25_and_keeps_the_echo_down(tmp_path):
     """SQuAD quick: the fine-tuned towers plus BM25 rank above BM25 and above the dense towers,
-    and the answer prior's flag still keeps the question's own text below its answer."""
+    and the question flag still keeps the question's own text below its answer."""
     shared_file("squad-v1.1", "dev-v1.1.json")
     cmd = [
         sys.executable,
@@ -121,3 +125,58 @@ def test_quick_squad_hybrid_beats_bm25_and_keeps_the_echo_down(tmp_path):
     assert r1["qa_lib_hybrid"] > r1["bm25"] and r1["qa_lib_hybrid"] > r1["qa_lib"], r1
     assert results["qa_lib_hybrid"]["question_echo_rate"] < 0.05, results["qa_lib_hybrid"]
     assert results["qa_lib_hybrid"]["runs"][0]["lexical_weight"] > 0
+
+
+def _toy_pairs():
+    from qa_lib.data import Pairs
+
+    questions = ["where is paris?", "what is a cat?", "who wrote hamlet?", "what is a cat?"]
+    answers = [
+        "paris is the capital of france",
+        "a cat is a small animal",
+        "shakespeare wrote hamlet",
+        "cats purr and chase mice",
+    ]
+    return Pairs(questions, answers)
+
+
+def test_st_adapter_measures_cosines_with_the_question_as_its_own_echo():
+    """evaluate(STEncoder(m)): cosine scores, each question's echo its text read as a document."""
+    import torch
+
+    from qa_lib import evaluate
+    from qa_lib.metrics import build_task, metrics_from_scores
+
+    _quality_module()  # puts benchmarks/ on the path
+    import peers
+
+    class Letters:  # a stand-in sentence-transformers model: letter counts, normalised
+        def encode(self, texts, convert_to_tensor, normalize_embeddings, batch_size, **_):
+            emb = torch.tensor([[t.count(c) + 0.1 for c in "acehimorstw?"] for t in texts])
+            return torch.nn.functional.normalize(emb, dim=-1)
+
+    pairs = _toy_pairs()
+    task = build_task(pairs)
+    model = Letters()
+    kwargs = dict(convert_to_tensor=True, normalize_embeddings=True, batch_size=64)
+    q_emb = model.encode(task.questions, **kwargs)
+    a_emb = model.encode(task.candidates, **kwargs)
+    expected = metrics_from_scores(q_emb @ a_emb.T, (q_emb * q_emb).sum(-1), task.relevant)
+    got = evaluate(peers.STEncoder(model), pairs)
+    assert {k: got[k] for k in expected} == pytest.approx(expected)
+
+
+def test_bm25_adapter_takes_the_echo_from_lexical_scores():
+    from qa_lib.bm25 import lexical_scores
+    from qa_lib.metrics import build_task, metrics_from_scores
+
+    quality = _quality_module()
+    import peers
+
+    pairs = _toy_pairs()
+    metrics = peers.bm25_metrics(pairs)
+    task = build_task(pairs)
+    with_echo = metrics_from_scores(*lexical_scores(task.candidates, task.questions), task.relevant)
+    assert set(quality.KEYS) <= set(metrics)
+    assert metrics["question_echo_rate"] == with_echo["question_echo_rate"]
+    assert metrics["recall@1_with_echo"] == with_echo["recall@1_with_echo"]

@@ -9,15 +9,10 @@ from conftest import poison_nth_call
 from torch.testing import assert_close
 
 from qa_lib import DualEncoder, QAError, TrainConfig, evaluate, fit
+from qa_lib.batching import collate, embed_in_chunks, epoch_batches, tokenize_pairs
 from qa_lib.checkpoint import load_latest_checkpoint
-from qa_lib.train import (
-    chance_loss,
-    collate,
-    embed_in_chunks,
-    epoch_batches,
-    tokenize_pairs,
-    train_step,
-)
+from qa_lib.optim import make_optimizer
+from qa_lib.step import chance_loss, train_step
 
 FAST = dict(batch_size=16, lr=1e-3, warmup_ratio=0.0, eval_batch_size=32)
 
@@ -108,7 +103,7 @@ def test_resume_refuses_other_settings_or_nothing(
 
 def test_chunked_answers_equal_one_padded_batch(tiny_model, tiny_splits):
     data = tokenize_pairs(tiny_model, tiny_splits[0])
-    ids = data.a_ids[:12]
+    ids = data.a_tokens[:12]
     tiny_model.eval()  # no dropout, so both paths see the same function
     whole = tiny_model.embed_answers(collate(ids, data.pad_id))
     whole.sum().backward()
@@ -176,10 +171,10 @@ def test_best_and_last_are_saved(tmp_path, tiny_config, tiny_splits):
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny_config, tiny_splits, monkeypatch):
-    import qa_lib.train as train_module
+    import qa_lib.step as step_module
 
     monkeypatch.setattr(
-        train_module,
+        step_module,
         "in_batch_loss",
         lambda *a, **k: torch.tensor(float("nan"), requires_grad=True),
     )
@@ -195,7 +190,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny_config, tiny_splits, monk
 def test_non_finite_loss_keeps_the_last_good_checkpoint(
     tmp_path, tiny_config, tiny_splits, monkeypatch
 ):
-    poison_nth_call(monkeypatch, "in_batch_loss", 3, float("inf"))
+    poison_nth_call(monkeypatch, "step", "in_batch_loss", 3, float("inf"))
     config = TrainConfig(num_epochs=1, checkpoint_every=1, **FAST)
     with pytest.raises(QAError, match="loss became inf at step 3.*checkpoints saved before") as e:
         fit(DualEncoder.from_config(tiny_config), tiny_splits[0], None, config, tmp_path, False)
@@ -206,15 +201,15 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(
 
 
 def test_non_finite_gradients_stop_before_the_update(tiny_config, tiny_splits, monkeypatch):
-    import qa_lib.train as train_module
+    import qa_lib.step as step_module
 
-    real_loss = train_module.in_batch_loss
+    real_loss = step_module.in_batch_loss
 
     def huge_gradients(*args, **kwargs):  # a finite loss whose gradients overflow
         loss = real_loss(*args, **kwargs)
         return loss + (loss * 1e30 - (loss * 1e30).detach()) * 1e30
 
-    monkeypatch.setattr(train_module, "in_batch_loss", huge_gradients)
+    monkeypatch.setattr(step_module, "in_batch_loss", huge_gradients)
     model = DualEncoder.from_config(tiny_config)
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(QAError, match="gradient norm became (inf|nan) at step 1"):
@@ -238,33 +233,33 @@ def test_deferred_read_back_gives_the_same_run_and_names_the_bad_step(
         runs.append(fit(model, tiny_splits[0], config=config, progress=False))
     assert runs[0].step_loss == runs[1].step_loss and len(runs[1].step_loss) == 6
 
-    poison_nth_call(monkeypatch, "train_step", 3, float("nan"))
+    poison_nth_call(monkeypatch, "train", "train_step", 3, float("nan"))
     config = TrainConfig(num_epochs=1, log_every=4, **FAST)
     with pytest.raises(QAError, match="loss became nan at step 3"):
         fit(DualEncoder.from_config(tiny_config), tiny_splits[0], config=config, progress=False)
 
 
 def test_the_echo_objective_leaves_the_towers_as_without_it(tiny_config, tiny_splits):
-    """With the answer prior, echoes train only the detector: the towers come out identical."""
+    """With the question flag, echoes train only the detector: the towers come out identical."""
     towers = {}
     for weight in (1.0, 0.0):
         model = DualEncoder.from_config(tiny_config, seed=0)
         fit(
             model,
             tiny_splits[0],
-            config=TrainConfig(num_epochs=1, echo_weight=weight, **FAST),
+            config=TrainConfig(num_epochs=1, flag_loss_weight=weight, **FAST),
             progress=False,
         )
         towers[weight] = model
     trained, plain = towers[1.0], towers[0.0]
     for (name, a), b in zip(trained.state_dict().items(), plain.state_dict().values()):
-        if name.startswith("a_prior."):
+        if name.startswith("question_flag."):
             assert not torch.equal(a, b), "the detector learned from the echoes"
         else:
             assert torch.equal(a, b), name
 
 
-def test_answer_prior_learns_to_flag_questions(tiny_config, default_splits):
+def test_the_question_flag_learns_to_flag_questions(tiny_config, default_splits):
     train, test = default_splits["train"], default_splits["test"]
     model = DualEncoder.from_config(tiny_config, seed=0)
     fit(model, train, config=TrainConfig(num_epochs=2, **FAST), progress=False)
@@ -275,10 +270,8 @@ def test_answer_prior_learns_to_flag_questions(tiny_config, default_splits):
 
 
 def test_the_detector_gets_its_own_learning_rate(tiny_model):
-    from qa_lib.train import make_optimizer
-
-    optimizer, _ = make_optimizer(tiny_model, TrainConfig(lr=1e-5, prior_lr=0.3), 10)
-    prior = {id(p) for p in tiny_model.a_prior.parameters()}
+    optimizer, _ = make_optimizer(tiny_model, TrainConfig(lr=1e-5, flag_lr=0.3), 10)
+    prior = {id(p) for p in tiny_model.question_flag.parameters()}
     for group in optimizer.param_groups:
         in_group = {id(p) for p in group["params"]}
         assert not in_group or in_group <= prior or not in_group & prior
@@ -292,11 +285,12 @@ def test_the_detector_gets_its_own_learning_rate(tiny_model):
 def test_tied_towers_skip_the_echo_objective(tiny_config, tiny_splits):
     tied = DualEncoder.from_config(tiny_config, tied=True).eval()
     data, idx = tokenize_pairs(tied, tiny_splits[0].select(range(8))), list(range(8))
-    config = TrainConfig(precision="fp32")
-    assert config.echo_weight == 1.0
+    config = TrainConfig(precision="fp32", echo_negative_weight=1.0)
     with_echo = train_step(tied, data, idx, config)
-    without = train_step(tied, data, idx, replace(config, echo_weight=0.0))
+    without = train_step(tied, data, idx, replace(config, echo_negative_weight=0.0))
     assert with_echo == without  # the echo scores 1.0 in a tied cosine model: never a negative
     assert chance_loss(8, config, tied) == pytest.approx(math.log(8))
-    separate = DualEncoder.from_config(tiny_config, answer_prior=False)
+    separate = DualEncoder.from_config(tiny_config, question_flag=False)
     assert chance_loss(8, config, separate) == pytest.approx(math.log(9))
+    flagged = DualEncoder.from_config(tiny_config)  # the default: flag loss weight 1, no echo
+    assert chance_loss(8, TrainConfig(), flagged) == pytest.approx(math.log(8) + math.log(2))

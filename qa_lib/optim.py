@@ -1,0 +1,60 @@
+"""The optimiser: AdamW with warm-up and linear decay, and gradient clipping (notebook 04).
+
+The question flag's detector is a linear probe trained from zero: it gets its own, larger
+learning rate and is clipped apart from the towers, so the towers train exactly as without it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+FLAG_PREFIX = "question_flag."  # parameter names of the question flag's detector
+
+
+def make_optimizer(model, config, total_steps: int):
+    """AdamW (no decay on biases and LayerNorm; the flag at ``flag_lr``); warm-up, then decay.
+
+    Returns:
+        ``(optimizer, scheduler)``.
+    """
+    by_kind: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            flag = name.startswith(FLAG_PREFIX)
+            by_kind.setdefault((flag, param.ndim >= 2), []).append(param)
+    groups = [
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decay else 0.0,
+            "lr": config.flag_lr if flag else config.lr,
+        }
+        for (flag, decay), params in sorted(by_kind.items())
+    ]
+    # fused AdamW: one kernel over all parameters (on a 2-core CPU 0.03 s a step, not 0.13 s)
+    fused = model.device.type in ("cuda", "cpu")
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=fused)
+    warmup = max(1, round(config.warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def clip_gradients(model, max_grad_norm: float) -> torch.Tensor:
+    """Clip the towers' and the flag's gradients apart; returns the sum of their norms.
+
+    ``max_grad_norm`` 0 only measures (the norm is still checked for NaN by the loop).
+    """
+    max_norm = max_grad_norm if max_grad_norm > 0 else math.inf
+    towers, flag = [], []
+    for name, param in model.named_parameters():
+        (flag if name.startswith(FLAG_PREFIX) else towers).append(param)
+    norm = torch.nn.utils.clip_grad_norm_(towers, max_norm)
+    if flag:
+        norm = norm + torch.nn.utils.clip_grad_norm_(flag, max_norm)
+    return norm

@@ -1,0 +1,148 @@
+"""One training step (notebook 04): embed a batch with both towers, assemble the loss, backprop.
+
+Two ways to run the same step, picked by one line in :func:`train_step` (as Tevatron picks its
+``GCTrainer if grad_cache else Trainer``): :func:`plain_step` embeds the whole batch at once;
+:func:`cached_step` embeds it chunk by chunk with gradient caching (:mod:`qa_lib.gradcache`).
+Both call :func:`batch_loss`, so their loss and gradients are the same.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+
+from qa_lib.batching import TokenizedPairs, candidate_rows, collate, embed_in_chunks
+from qa_lib.config import TrainConfig
+from qa_lib.gradcache import cached_loss_backward
+from qa_lib.losses import in_batch_loss
+from qa_lib.question_flag import flag_loss
+from qa_lib.runtime import autocast
+
+
+def echo_weights(model, config: TrainConfig) -> tuple[float, float]:
+    """``(flag loss weight, echo negative weight)`` as they apply to this model.
+
+    The flag's loss needs a model with the question flag. The echo negative is off for tied
+    towers: a tied encoder reads the echo exactly as it reads the question, so the echo scores
+    the question's own norm (cosine 1.0), a constant no training can lower; as a negative it would
+    only sit at the top of every row of the softmax (MedQuAD, 3 seeds: tied towers reached
+    Recall@1 0.557 with it, 0.835 without).
+    """
+    flag = max(config.flag_loss_weight, 0.0) if model.has_question_flag else 0.0
+    echo = 0.0 if model.config.tied else max(config.echo_negative_weight, 0.0)
+    return flag, echo
+
+
+def chance_loss(batch: int, config: TrainConfig, model) -> float:
+    """The loss of a model that tells nothing apart.
+
+    ``ln`` of the candidates per question (the batch's answers, plus the echo negative when it
+    counts as ``w`` negatives), plus ``flag weight * ln 2`` for an undecided question flag.
+    """
+    flag, echo = echo_weights(model, config)
+    return math.log(batch + echo) + flag * math.log(2)
+
+
+def batch_loss(
+    model,
+    config: TrainConfig,
+    q_emb: torch.Tensor,
+    a_emb: torch.Tensor,
+    answer_keys: torch.Tensor,
+    echo_emb: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The step's loss: the in-batch loss, plus the question flag's loss on the echoes.
+
+    Args:
+        model: the dual encoder that made the embeddings.
+        config: ``scale``, ``symmetric`` and the two echo weights.
+        q_emb: question embeddings. Shape (batch, dim).
+        a_emb: candidate embeddings, the batch's answers first. Shape (n_candidates, dim).
+        answer_keys: equal keys mark equal answer texts. Shape (n_candidates,).
+        echo_emb: the questions read by the answer tower, or None. Shape (batch, dim).
+
+    Returns:
+        A scalar. With the question flag its column is split off: the in-batch loss sees the
+        towers' part, the flag's loss sees the column (answers vs echoes).
+    """
+    flag_w, echo_w = echo_weights(model, config)
+    if not model.has_question_flag:
+        return in_batch_loss(
+            q_emb, a_emb, config.scale, config.symmetric, answer_keys, echo_emb, echo_w
+        )
+    towers_echo = None if echo_emb is None else echo_emb[:, :-1]
+    loss = in_batch_loss(
+        q_emb[:, :-1],
+        a_emb[:, :-1],
+        config.scale,
+        config.symmetric,
+        answer_keys,
+        towers_echo,
+        echo_w,
+    )
+    if echo_emb is None or flag_w <= 0:
+        return loss
+    return loss + flag_w * flag_loss(a_emb[:, -1], echo_emb[:, -1])
+
+
+def plain_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig) -> torch.Tensor:
+    """Forward and backward for one batch at once; returns the loss (a tensor, not synced)."""
+    flag_w, echo_w = echo_weights(model, config)
+    rows = candidate_rows(data, idx)
+    with autocast(model.device, config.precision):
+        q_batch = collate([data.q_tokens[i] for i in idx], data.pad_id)
+        q_emb = model.embed_questions(q_batch)
+        chunks = config.answer_chunks or (1 if model.device.type == "cuda" else 4)
+        a_tokens = [data.a_tokens[i] for i in rows]
+        a_emb = embed_in_chunks(model.embed_answers, a_tokens, data.pad_id, chunks)
+        echo_emb = None
+        if flag_w > 0 or echo_w > 0:
+            echo_emb = model.embed_echoes(q_batch, towers_learn=echo_w > 0)
+        keys = data.answer_keys[rows].to(model.device)
+        loss = batch_loss(model, config, q_emb, a_emb, keys, echo_emb)
+    loss.backward()
+    return loss.detach()
+
+
+def cached_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig) -> torch.Tensor:
+    """The same step with gradient caching: activation memory of ``config.grad_cache_chunk``
+    pairs instead of the batch; the same loss and gradients (hard negatives included)."""
+    flag_w, echo_w = echo_weights(model, config)
+    rows = candidate_rows(data, idx)
+    q_tokens = [data.q_tokens[i] for i in idx]
+    embeds = [model.embed_questions, model.embed_answers]
+    tokens = [q_tokens, [data.a_tokens[i] for i in rows]]
+    if flag_w > 0 or echo_w > 0:
+        embeds.append(partial(model.embed_echoes, towers_learn=echo_w > 0))
+        tokens.append(q_tokens)
+    keys = data.answer_keys[rows].to(model.device)
+
+    def loss_fn(q_emb, a_emb, echo_emb=None):
+        return batch_loss(model, config, q_emb, a_emb, keys, echo_emb)
+
+    def with_autocast(embed):
+        def run(batch):
+            with autocast(model.device, config.precision):
+                return embed(batch)
+
+        return run
+
+    return cached_loss_backward(
+        [with_autocast(e) for e in embeds],
+        tokens,
+        loss_fn,
+        config.grad_cache_chunk,
+        lambda x: collate(x, data.pad_id),
+    )
+
+
+def train_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig) -> torch.Tensor:
+    """Forward and backward for one batch (rows ``idx`` of ``data``); returns the loss.
+
+    Hard negatives (``data.negatives``) add answer columns after the batch's own answers. With
+    ``config.grad_cache_chunk`` smaller than the batch, the step runs with gradient caching.
+    """
+    cached = config.grad_cache_chunk and config.grad_cache_chunk < len(idx)
+    return (cached_step if cached else plain_step)(model, data, idx, config)
