@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from qa_lib import DualEncoder, Pairs, QAError, TrainConfig, fit
-from qa_lib.batching import sorted_chunks, tokenize_pairs
+from qa_lib.batching import tokenize_pairs
 from qa_lib.runtime import native_bf16, use_bf16
 from qa_lib.step import batch_loss, cached_step, echo_weights, train_step
 
@@ -109,9 +109,3 @@ def test_gradient_cache_replays_dropout_exactly(tiny_model, batch):
     assert_close(loss_cached, loss_plain, atol=1e-6, rtol=1e-6)
     for name in plain:
         assert_close(cached[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
-
-
-def test_length_sorted_chunks_cover_every_row_once():
-    lengths = (5, 1, 3, 9, 2)
-    assert sorted_chunks(lengths, 2) == [[1, 4], [2, 0], [3]]
-    assert sorted_chunks(lengths, 2, longest_first=True) == [[3, 0], [2, 4], [1]]

@@ -58,15 +58,6 @@ def test_fuse_adds_the_weighted_share_of_the_self_score():
             fuse(dense, lexical, own, bad)
 
 
-def test_lexical_scores_rank_each_answer_first_and_below_the_question_itself():
-    scores, own = lexical_scores(PAIRS.answers, PAIRS.questions)
-    assert scores.shape == (5, 5) and own.shape == (5,)
-    assert scores.argmax(1).tolist() == [0, 1, 2, 3, 4]
-    assert (own > scores.max(1).values).all()  # a question matches its own text in every word
-    empty, empty_own = lexical_scores(PAIRS.answers, [])
-    assert empty.shape == (0, 5) and empty_own.shape == (0,)
-
-
 def test_hybrid_evaluation_of_an_uninformative_model_is_the_bm25_ranking():
     blind = FixedModel({}, {}, 4)  # every score 0: the hybrid order is BM25's
     task = build_task(PAIRS)

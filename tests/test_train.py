@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
@@ -9,10 +8,7 @@ from conftest import poison_nth_call
 from torch.testing import assert_close
 
 from qa_lib import DualEncoder, QAError, TrainConfig, evaluate, fit
-from qa_lib.batching import collate, embed_in_chunks, epoch_batches, tokenize_pairs
 from qa_lib.checkpoint import load_latest_checkpoint
-from qa_lib.optim import make_optimizer
-from qa_lib.step import chance_loss, train_step
 
 FAST = dict(batch_size=16, lr=1e-3, warmup_ratio=0.0, eval_batch_size=32)
 
@@ -99,41 +95,6 @@ def test_resume_refuses_other_settings_or_nothing(
             tmp_path,
             resume=True,
         )
-
-
-def test_chunked_answers_equal_one_padded_batch(tiny_model, tiny_splits):
-    data = tokenize_pairs(tiny_model, tiny_splits[0])
-    ids = data.a_tokens[:12]
-    tiny_model.eval()  # no dropout, so both paths see the same function
-    whole = tiny_model.embed_answers(collate(ids, data.pad_id))
-    whole.sum().backward()
-    grads = [p.grad.clone() for p in tiny_model.a_encoder.parameters() if p.grad is not None]
-    tiny_model.zero_grad()
-    chunked = embed_in_chunks(tiny_model.embed_answers, ids, data.pad_id, chunks=4)
-    chunked.sum().backward()
-    assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
-    again = [p.grad for p in tiny_model.a_encoder.parameters() if p.grad is not None]
-    for g1, g2 in zip(grads, again):
-        assert_close(g1, g2, atol=1e-5, rtol=1e-4)
-
-
-def test_epoch_batches_cover_rows_once_and_are_seeded():
-    batches = epoch_batches(50, 16, seed=3, epoch=0)
-    assert sorted(i for b in batches for i in b) == list(range(50))
-    assert batches == epoch_batches(50, 16, seed=3, epoch=0)
-    assert batches != epoch_batches(50, 16, seed=3, epoch=1)
-    assert all(len(b) > 1 for b in epoch_batches(17, 16, 0, 0))
-
-
-def test_topic_aware_batches_keep_each_topic_together():
-    groups = [f"topic{i % 5}" for i in range(80)]  # 5 topics of 16 rows, interleaved
-    batches = epoch_batches(80, 16, seed=3, epoch=0, groups=groups)
-    assert sorted(i for b in batches for i in b) == list(range(80))
-    assert all(len({groups[i] for i in b}) == 1 for b in batches)  # one topic per batch
-    assert batches == epoch_batches(80, 16, seed=3, epoch=0, groups=groups)
-    assert batches != epoch_batches(80, 16, seed=3, epoch=1, groups=groups)
-    random_batches = epoch_batches(80, 16, seed=3, epoch=0)
-    assert max(len({groups[i] for i in b}) for b in random_batches) > 1
 
 
 def test_fit_batches_by_topic_only_when_asked(tiny_config, tiny_splits, monkeypatch):
@@ -267,30 +228,3 @@ def test_the_question_flag_learns_to_flag_questions(tiny_config, default_splits)
     flagged_answers = (model.encode_answers(test.answers)[:, -1] == -1).float().mean()
     assert flagged_questions > 0.9 and flagged_answers < 0.1, (flagged_questions, flagged_answers)
     assert evaluate(model, test)["question_echo_rate"] < 0.1
-
-
-def test_the_detector_gets_its_own_learning_rate(tiny_model):
-    optimizer, _ = make_optimizer(tiny_model, TrainConfig(lr=1e-5, flag_lr=0.3), 10)
-    prior = {id(p) for p in tiny_model.question_flag.parameters()}
-    for group in optimizer.param_groups:
-        in_group = {id(p) for p in group["params"]}
-        assert not in_group or in_group <= prior or not in_group & prior
-        expected = 0.3 if in_group <= prior else 1e-5
-        assert group["initial_lr"] == pytest.approx(expected)
-    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(
-        list(tiny_model.parameters())
-    )
-
-
-def test_tied_towers_skip_the_echo_objective(tiny_config, tiny_splits):
-    tied = DualEncoder.from_config(tiny_config, tied=True).eval()
-    data, idx = tokenize_pairs(tied, tiny_splits[0].select(range(8))), list(range(8))
-    config = TrainConfig(precision="fp32", echo_negative_weight=1.0)
-    with_echo = train_step(tied, data, idx, config)
-    without = train_step(tied, data, idx, replace(config, echo_negative_weight=0.0))
-    assert with_echo == without  # the echo scores 1.0 in a tied cosine model: never a negative
-    assert chance_loss(8, config, tied) == pytest.approx(math.log(8))
-    separate = DualEncoder.from_config(tiny_config, question_flag=False)
-    assert chance_loss(8, config, separate) == pytest.approx(math.log(9))
-    flagged = DualEncoder.from_config(tiny_config)  # the default: flag loss weight 1, no echo
-    assert chance_loss(8, TrainConfig(), flagged) == pytest.approx(math.log(8) + math.log(2))
