@@ -72,6 +72,7 @@ import peers  # benchmarks/peers.py: BM25 and sentence-transformers as qa_lib sc
 from qa_lib import TrainConfig, evaluate
 from qa_lib.config import default_model_path
 from qa_lib.data import read_pairs
+from qa_lib.evaluate import LENGTH_BUCKETS, flag_by_length
 from qa_lib.experiments import VARIANTS, train_variant
 from qa_lib.hybrid import tune_lexical_weight
 from qa_lib.metrics import METRIC_KEYS, build_task
@@ -99,11 +100,29 @@ MAIN_SYSTEMS = (
     "qa_lib_hybrid",
 )
 ECHO_EXTRA = ("echo_negative", "echo_negative_w0.1", "flag_lr_0.02")  # with --echo-curve
-SYSTEMS = MAIN_SYSTEMS + ECHO_EXTRA
-# echo-trade-off systems: qa_lib variants that differ only in how the echo is pushed down
-ECHO_VARIANTS = ("qa_lib", "qa_lib_noecho", "echo_negative", "echo_negative_w0.1", "flag_lr_0.02")
+# with --echo-study: the obvious ways to keep questions out of the answers' places, side by side
+ECHO_STUDY = ("qa_lib_noecho", "exact_filter", "rule_filter", "echo_negative", "flag_v1", "qa_lib")
+SYSTEMS = tuple(dict.fromkeys(MAIN_SYSTEMS + ECHO_EXTRA + ECHO_STUDY))
+# echo-trade-off systems: the same towers or training, differing in how the echo is pushed down
+ECHO_VARIANTS = (
+    "qa_lib",
+    "flag_v1",
+    "qa_lib_noecho",
+    "exact_filter",
+    "rule_filter",
+    "echo_negative",
+    "echo_negative_w0.1",
+    "flag_lr_0.02",
+)
 SEEDLESS = ("bm25", "untrained", "untrained_hybrid")  # deterministic: measured once
 HYBRIDS = {"untrained_hybrid": "untrained", "qa_lib_hybrid": "qa_lib"}  # hybrid -> its towers
+# a filter on towers trained without the echo objective (qa_lib.evaluate's echo_filter)
+FILTERS = {"exact_filter": ("qa_lib_noecho", "exact"), "rule_filter": ("qa_lib_noecho", "rule")}
+FILTER_ABOUT = {
+    "exact_filter": "no flag; candidates equal to the query (case, punctuation aside) dropped",
+    "rule_filter": 'no flag; candidates ending in "?" or opening with a wh-word/auxiliary dropped',
+}
+FLAGGED = ("qa_lib", "flag_v1")  # learned flags: their false flags by answer length are reported
 KEYS = tuple(k for k in METRIC_KEYS if k != "mean_rank")  # the metrics the tables show
 
 
@@ -136,6 +155,7 @@ class Setup:
     val: object  # qa_lib.data.Pairs: tunes the hybrids' weight; never the test pairs
     notes: list[str] = field(default_factory=list)
     models: dict = field(default_factory=dict)  # (system, seed) -> (model, training s), for hybrids
+    flags: dict = field(default_factory=dict)  # (system, seed) -> flag_by_length of its model
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -291,9 +311,16 @@ def run_system(system: str, setup: Setup, budget: Budget, seed: int, keep=()) ->
         metrics = run_st(setup, budget, seed)
     elif system in HYBRIDS:
         metrics = run_hybrid(system, setup, budget, seed)
+    elif system in FILTERS:
+        towers, kind = FILTERS[system]
+        model, train_s = trained_model(towers, setup, budget, seed)
+        metrics = evaluate(model, setup.test, echo_filter=kind)
+        metrics["reused_s"] = train_s
     else:  # a qa_lib variant
         model, _ = trained_model(system, setup, budget, seed, keep=system in keep)
         metrics = evaluate(model, setup.test)
+        if system in FLAGGED:
+            setup.flags[(system, seed)] = flag_by_length(model, setup.test)
     gc.collect()
     wall = time.perf_counter() - start + metrics.get("reused_s", 0.0)  # reused towers' training
     extra = {"lexical_weight": metrics["lexical_weight"]} if "lexical_weight" in metrics else {}
@@ -396,6 +423,8 @@ ECHO_COLUMNS = (
     "how the echo is pushed down",
     "seeds",
     "echo rate",
+    "mixed-pool rate",
+    "answers flagged",
     "recall@1",
     "Δ recall@1 vs no echo",
     "recall@1 with echo",
@@ -410,9 +439,11 @@ def echo_row(variant: str, results: dict) -> dict:
         pairs = [a["recall@1"] - b["recall@1"] for a, b in zip(r["runs"], base["runs"])]
         delta = f"{statistics.fmean(pairs):+.3f}"
     cells = (
-        VARIANTS[variant].about,
+        FILTER_ABOUT[variant] if variant in FILTERS else VARIANTS[variant].about,
         str(r["seeds"]),
         fmt(r, "question_echo_rate"),
+        fmt(r, "mixed_pool_rate"),
+        fmt(r, "answer_flag_rate"),
         fmt(r, "recall@1"),
         delta,
         fmt(r, "recall@1_with_echo"),
@@ -444,6 +475,34 @@ def echo_tradeoff(name: str, info: dict, results: dict, out: Path) -> str | None
     return text
 
 
+def flag_table(setup: Setup, out: Path) -> str | None:
+    """The learned flags' false flags by answer length (qa_lib.evaluate.flag_by_length), per
+    system, the worst seed shown: answers penalised at all (p > 0.5) and the largest p."""
+    if not setup.flags:
+        return None
+    systems = list(dict.fromkeys(system for system, _ in setup.flags))
+    rows = {}
+    for bucket in [f"answers {b}" for b in LENGTH_BUCKETS] + ["questions (echoes)"]:
+        cells = {}
+        for system in systems:
+            stats = [v[bucket] for (s, _), v in setup.flags.items() if s == system]
+            rate, top = max(x["flag_rate"] for x in stats), max(x["max_p"] for x in stats)
+            n = int(stats[0]["n"])
+            cells[system] = "-" if not n else f"{rate:.3f} (max p {top:.2f})"
+        rows[f"{bucket} (n = {n})"] = cells
+    median = int(next(iter(setup.flags.values()))["median question tokens"]["n"])
+    text = "\n".join(
+        [
+            f"#### {setup.name}: share flagged by length (median question: {median} tokens; "
+            "shorter: < 0.75x, as long: up to 1.5x; worst seed)",
+            "",
+            markdown_table(rows, systems, "texts"),
+        ]
+    )
+    (out / f"{setup.name}-flag.md").write_text(text + "\n")
+    return text
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -466,6 +525,7 @@ def run_dataset(name: str, data_dir: Path, budget: Budget, systems, out: Path) -
         systems = [s for s in systems if s != "qa_lib_ungrouped"]  # the same as qa_lib here
         setup.notes.append("no topic labels: batches are random, qa_lib_ungrouped not run")
     keep = {HYBRIDS[s] for s in systems if s in HYBRIDS}  # towers the hybrids reuse
+    keep |= {FILTERS[s][0] for s in systems if s in FILTERS}  # ... and the filters
     for system in systems:
         seeds = [0] if system in SEEDLESS else list(range(budget.seeds))
         runs = []
@@ -480,7 +540,8 @@ def run_dataset(name: str, data_dir: Path, budget: Budget, systems, out: Path) -
     (out / f"{setup.name}.md").write_text(text + "\n")
     plot(results, info["chance"], out / f"{setup.name}.png")
     tradeoff = echo_tradeoff(setup.name, info, results, out)
-    return text if tradeoff is None else f"{text}\n\n{tradeoff}"
+    flags = flag_table(setup, out)
+    return "\n\n".join(t for t in (text, tradeoff, flags) if t)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -489,6 +550,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="subsampled, 1 seed (<= 5 min)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per trained system")
     parser.add_argument("--systems", default=",".join(MAIN_SYSTEMS), help=f"from {SYSTEMS}")
+    parser.add_argument(
+        "--echo-study",
+        action="store_true",
+        help=f"run {ECHO_STUDY} only: how each keeps questions out of the answers' places",
+    )
     parser.add_argument(
         "--echo-curve",
         action="store_true",
@@ -509,6 +575,8 @@ def main(argv=None) -> None:
     changes["progress"] = args.progress or None
     budget = replace(budget, **{k: v for k, v in changes.items() if v is not None})
     systems = [s for s in args.systems.split(",") if s]
+    if args.echo_study:
+        systems = list(ECHO_STUDY)
     if args.echo_curve:
         systems += [s for s in ECHO_EXTRA if s not in systems]
     unknown = set(systems) - set(SYSTEMS)

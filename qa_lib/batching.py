@@ -18,6 +18,8 @@ class TokenizedPairs:
     answer_keys: torch.Tensor  # one key per row; equal keys = equal answer text. Shape (n,)
     pad_id: int
     negatives: list[list[int]] | None = None  # per row: rows whose answers are hard negatives
+    views: list[list[int]] | None = None  # per row: one more text for the question flag's detector
+    view_is_question: torch.Tensor | None = None  # per row: whether that text is a question. (n,)
 
 
 def tokenize_pairs(model, pairs) -> TokenizedPairs:
@@ -32,7 +34,59 @@ def tokenize_pairs(model, pairs) -> TokenizedPairs:
     a_tokens = tok(pairs.answers, truncation=True, max_length=config.max_a_len)["input_ids"]
     index: dict[str, int] = {}
     answer_keys = torch.tensor([index.setdefault(a, len(index)) for a in pairs.answers])
-    return TokenizedPairs(q_tokens, a_tokens, answer_keys, tok.pad_token_id or 0)
+    data = TokenizedPairs(q_tokens, a_tokens, answer_keys, tok.pad_token_id or 0)
+    bare = [q.lower().replace("?", "").strip() or q for q in pairs.questions]
+    bare_tokens = tok(bare, truncation=True, max_length=config.max_q_len)["input_ids"]
+    data.views, data.view_is_question = form_views(q_tokens, a_tokens, bare_tokens)
+    return data
+
+
+VIEW_KINDS = (
+    "short answer",
+    "bare question",
+    "question, then its answer",
+    "context, then question",
+)
+VIEW_EXTRA = 16  # tokens of an answer that the FAQ-style and context views borrow
+
+
+def form_views(q_tokens, a_tokens, bare_tokens) -> tuple[list[list[int]], torch.Tensor]:
+    """One text per row that length alone cannot label, for the question flag's detector.
+
+    Row ``i`` gets the view ``VIEW_KINDS[i % 4]``, so every batch holds all four:
+
+    - a short answer: the answer cut to its question's length (an answer as short as a question);
+    - a bare question: lower-cased, question marks removed (NQ's style: no "?" to lean on);
+    - a question, then its answer: FAQ style, the question restated before the answer (an answer
+      that contains a question);
+    - context, then a question: a sentence of another answer before the question (a question
+      longer than many answers).
+
+    The detector learns that a text which ends in a statement is an answer and one that ends in
+    a question is a question, whatever its length or punctuation.
+
+    Args:
+        q_tokens: token ids of the questions, ``[CLS] ... [SEP]``.
+        a_tokens: token ids of the answers.
+        bare_tokens: token ids of the bare questions.
+
+    Returns:
+        ``(views, is_question)``: token ids per row, and the label of each. Shapes (n,), (n,).
+    """
+    n, views, labels = len(q_tokens), [], []
+    for i, (q, a) in enumerate(zip(q_tokens, a_tokens)):
+        kind, other = i % 4, a_tokens[(i + 1) % n]
+        if kind == 0:  # [CLS] answer, cut [SEP]
+            view = a if len(a) <= len(q) else a[: len(q) - 1] + a[-1:]
+        elif kind == 1:
+            view = bare_tokens[i]
+        elif kind == 2:  # [CLS] question answer... [SEP]
+            view = q[:-1] + a[1:-1][:VIEW_EXTRA] + a[-1:]
+        else:  # [CLS] context... question [SEP]
+            view = other[:-1][: 1 + VIEW_EXTRA] + q[1:]
+        views.append(view)
+        labels.append(kind in (1, 3))
+    return views, torch.tensor(labels, dtype=torch.bool)
 
 
 def collate(tokens: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

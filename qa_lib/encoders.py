@@ -20,7 +20,7 @@ from qa_lib.config import EncoderConfig, resolve_model_name
 from qa_lib.errors import QAError
 from qa_lib.hub import load_backbone, load_tokenizer
 from qa_lib.inference import encode_texts
-from qa_lib.question_flag import QuestionFlag, flag_layer
+from qa_lib.question_flag import QuestionFlag, flag_features, flag_layer
 from qa_lib.saving import read_heads, read_options, read_towers, save_model
 
 POOLINGS = ("mean", "cls")
@@ -70,7 +70,8 @@ class DualEncoder(nn.Module):
         make_head = (lambda: nn.Linear(hidden, config.proj_dim)) if config.proj_dim else nn.Identity
         self.q_proj = make_head()
         self.a_proj = self.q_proj if config.tied else make_head()
-        self.question_flag = QuestionFlag(hidden) if config.has_question_flag else None
+        flag = QuestionFlag(hidden, config.flag_features) if config.has_question_flag else None
+        self.question_flag = flag
         self.tokenizer = tokenizer
         # encoding for search: "auto" = bf16 where the hardware has it (qa_lib.runtime)
         self.precision = "auto"
@@ -159,7 +160,9 @@ class DualEncoder(nn.Module):
         pooled = pool(out.last_hidden_state, mask, self.config.pooling)
         if not needs_middle:
             return pooled, None
-        return pooled, pool(out.hidden_states[self.flag_layer], mask, "mean")
+        return pooled, flag_features(
+            out.hidden_states[self.flag_layer], mask, self.config.flag_features
+        )
 
     def _finish(self, side: str, pooled: torch.Tensor, middle: torch.Tensor | None):
         """Pooled vectors to embeddings: projection, normalisation, the question flag column."""
@@ -220,6 +223,16 @@ class DualEncoder(nn.Module):
     ) -> torch.Tensor:
         """``a_emb`` of texts (the flag made -1 or 0), on the CPU. Shape (len(texts), dim)."""
         return encode_texts(self, texts, "answer", batch_size, progress)
+
+    def question_probability(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """The question flag's probability that each text is a question. Shape (len(texts),).
+
+        Raises:
+            QAError: the model has no question flag.
+        """
+        if not self.has_question_flag:
+            raise QAError("this model has no question flag (tied, raw dot products, or turned off)")
+        return -encode_texts(self, texts, "answer", batch_size, search_flag=False)[:, -1]
 
     def score(self, questions: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
         """Score every question against every answer.

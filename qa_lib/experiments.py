@@ -78,6 +78,12 @@ VARIANTS: dict[str, Variant] = {
         encoder=lambda c: replace(c, question_flag=False),
         train=dict(echo_negative_weight=0.1),
     ),
+    "flag_v1": Variant(
+        "the question flag of qa_lib 0.1: the detector reads the middle layer's mean only and "
+        "learns from echoes and answers alone (no form views), searched with today's ramp",
+        encoder=lambda c: replace(c, flag_features="mean"),
+        train=dict(flag_views=False),
+    ),
     "flag_lr_0.02": Variant(
         "the question flag's detector at learning rate 0.02 (default 0.1)",
         train=dict(flag_lr=0.02),

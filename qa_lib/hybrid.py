@@ -16,7 +16,8 @@ The lexical term is the idf-weighted share of the question a candidate matches: 
 for nearly every candidate, on the scale of the cosine. ``weight`` is chosen on held-out pairs
 with :func:`tune_lexical_weight`; 0 is the dense model.
 
-A candidate the question flag marks as a question gets no lexical share. The question's own text
+A candidate the question flag marks as a question gets no lexical share (a share scaled by
+``1 + flag``: none when fully flagged). The question's own text
 (the echo) matches every one of its words, so BM25 would hand it back the top place that the
 flag took away (measured on SQuAD quick: echo rate 0.152 when flagged candidates kept their
 share, 0.004 when they get none).
@@ -31,7 +32,7 @@ import torch
 from qa_lib.bm25 import lexical_scores
 from qa_lib.errors import QAError
 from qa_lib.metrics import build_task, rank_metrics
-from qa_lib.question_flag import flagged
+from qa_lib.question_flag import flag_column
 
 DEFAULT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)  # the grid tune_lexical_weight tries
 
@@ -50,8 +51,9 @@ def fuse(
         lexical: BM25 scores of the same pairs. Shape (n_questions, n).
         self_scores: each question's BM25 score against its own text. Shape (n_questions,).
         weight: the lexical share's weight (0: the dense score).
-        flags: True for candidates the question flag marks (no lexical share):
-            one per candidate, shape (n,), or broadcastable to (n_questions, n). None: no flags.
+        flags: the question flag's search column of each candidate, in [-1, 0]: the lexical
+            share is scaled by ``1 + flag``, so a fully flagged candidate gets none. One per
+            candidate, shape (n,), or broadcastable to (n_questions, n). None: no flag.
 
     Returns:
         The fused scores. Shape (n_questions, n).
@@ -63,7 +65,7 @@ def fuse(
     share = torch.as_tensor(lexical).float() / torch.as_tensor(self_scores).float()[:, None]
     share = share.nan_to_num(0.0)  # a question without an indexable word (0 / 0): no share
     if flags is not None:
-        share = share.masked_fill(flags, 0.0)
+        share = share * (1.0 + flags)
     return dense + weight * share
 
 
@@ -85,7 +87,7 @@ def hybrid_scores(
     q_emb, a_emb = model.encode_questions(questions), model.encode_answers(candidates)
     if not weight:
         return q_emb @ a_emb.T
-    flags = flagged(model, a_emb)
+    flags = flag_column(model, a_emb)
     return fuse(q_emb @ a_emb.T, *lexical_scores(candidates, questions), weight, flags)
 
 
@@ -108,7 +110,7 @@ def tune_lexical_weight(
         raise QAError("tune_lexical_weight: the validation pairs need at least two answers")
     q_emb = model.encode_questions(task.questions, batch_size)
     a_emb = model.encode_answers(task.candidates, batch_size)
-    flags = flagged(model, a_emb)
+    flags = flag_column(model, a_emb)
     lexical, own = lexical_scores(task.candidates, task.questions)
     mrr = {
         w: rank_metrics(fuse(q_emb @ a_emb.T, lexical, own, w, flags), task.relevant)["mrr@10"]

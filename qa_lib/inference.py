@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from qa_lib.batching import sorted_chunks
-from qa_lib.question_flag import harden
+from qa_lib.question_flag import search_column
 from qa_lib.runtime import autocast, prefetched
 
 SIDES = ("question", "answer")
@@ -35,7 +35,12 @@ def tokenized_batches(model, texts: Sequence[str], max_len: int, batch_size: int
 
 @torch.inference_mode()
 def encode_texts(
-    model, texts: Sequence[str], side: str, batch_size: int = 64, progress: bool = False
+    model,
+    texts: Sequence[str],
+    side: str,
+    batch_size: int = 64,
+    progress: bool = False,
+    search_flag: bool = True,
 ) -> torch.Tensor:
     """Embed texts with one tower of a dual encoder, in eval mode and the model's precision.
 
@@ -43,9 +48,10 @@ def encode_texts(
         model: a :class:`qa_lib.encoders.DualEncoder`.
         texts: the texts.
         side: "question" (the question tower) or "answer" (the answer tower; its question flag,
-            if any, hardened to -1 or 0).
+            if any, as search uses it: :func:`qa_lib.question_flag.search_column`).
         batch_size: texts per forward pass.
         progress: show a progress bar.
+        search_flag: the answer side's flag column as search uses it; False: as trained, ``-p``.
 
     Returns:
         The embeddings on the CPU, in input order. Shape (len(texts), model.dim).
@@ -55,7 +61,7 @@ def encode_texts(
     texts = list(texts)
     max_len = model.config.max_q_len if side == "question" else model.config.max_a_len
     embed = model.embed_questions if side == "question" else model.embed_answers
-    hard_flag = side == "answer" and model.has_question_flag
+    flag = search_flag and side == "answer" and model.has_question_flag
     out = torch.empty(len(texts), model.dim, device=model.device)  # (n, dim), copied once
     was_training = model.training
     model.eval()
@@ -65,8 +71,8 @@ def encode_texts(
         for idx, batch in tqdm(batches, total=total, desc=f"encode {side}s", disable=not progress):
             with autocast(model.device, model.precision):
                 emb = embed(batch).float()
-            if hard_flag:
-                emb[:, -1] = harden(emb[:, -1])
+            if flag:
+                emb[:, -1] = search_column(emb[:, -1])
             out[torch.tensor(idx, device=model.device)] = emb
     finally:
         model.train(was_training)

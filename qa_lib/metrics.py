@@ -21,6 +21,8 @@ METRIC_KEYS = (
     "mean_rank",
     "question_echo_rate",
     "recall@1_with_echo",
+    "mixed_pool_rate",
+    "answer_flag_rate",
 )
 
 
@@ -127,12 +129,24 @@ def echo_outcomes(
         ``(ranks, echo_wins)``: the ranks of :func:`relevant_ranks`, and a bool per question.
     """
     ranks = relevant_ranks(scores, relevant)
-    best = torch.stack([row[list(r)].max() for row, r in zip(scores, relevant)])
-    return ranks, echo_scores >= best
+    return ranks, beats(echo_scores, best_relevant(scores, relevant))
+
+
+def best_relevant(scores: torch.Tensor, relevant: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Each question's best score among its relevant candidates. Shape (n_questions,)."""
+    return torch.stack([row[list(r)].max() for row, r in zip(scores, relevant)])
+
+
+def beats(intruder: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """Where an intruder (an echo, another question) ties or beats the best answer.
+
+    Ties count against the model; a candidate a filter removed (score minus infinity) never wins.
+    """
+    return (intruder >= best) & (intruder > float("-inf"))
 
 
 def summarize(ranks: Sequence[Sequence[int]], echo_wins: torch.Tensor) -> dict[str, float]:
-    """The metrics in ``METRIC_KEYS`` from :func:`echo_outcomes`, the one place they are computed.
+    """The ranking and echo metrics from :func:`echo_outcomes`, the one place they are computed.
 
     ``question_echo_rate`` is the share of questions whose echo ties or beats their best answer;
     ``recall@1_with_echo`` the share whose correct answer still ranks first with the echo added

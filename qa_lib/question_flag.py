@@ -5,12 +5,14 @@ read by the answer tower (its *echo*), shares every word with the question, so a
 by topic ranks the echo first. The flag is one more embedding column: questions carry a constant
 1 there and every passage carries minus the probability that it is a question, so
 
-    score(q, a) = cosine(q, a) - p_question(a)
+    score(q, a) = cosine(q, a) - penalty(p_question(a))
 
 It is a query-independent prior on the answer side, learned from the training questions and
-answers (the echoes are its positives, the answers its negatives); it flags question-shaped
-passages too, so it suits question → answer search. Training uses the smooth ``-p`` for the
-detector's loss; search uses the hard flag (-1 or 0, :func:`harden`).
+answers (the echoes are its positives, the answers its negatives) and from one *form view* per pair
+that length cannot label (:func:`qa_lib.batching.form_views`: answers cut to question length,
+questions without "?", FAQ-style answers, questions after a sentence). It flags question-shaped
+passages too, so it suits question → answer search, not a search for similar questions. Training uses the smooth ``-p`` for the
+detector's loss; search uses a ramp from 0 to -1 around p = 0.5 (:func:`search_column`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+FLAG_FEATURES = ("mean", "mean+ends")  # EncoderConfig.flag_features: see flag_features
+
+
+def flag_features(hidden: torch.Tensor, attention_mask: torch.Tensor, kind: str) -> torch.Tensor:
+    """What the detector reads of the answer tower's middle layer.
+
+    Args:
+        hidden: the middle layer's token vectors. Shape (batch, seq, hidden).
+        attention_mask: 1 for real tokens. Shape (batch, seq).
+        kind: "mean", the mean over the tokens (qa_lib 0.1); or "mean+ends", that mean beside the
+            first and the last token's vectors, which show how the text begins and how it ends
+            (a question asked after a statement ends as a question; an answer after its restated
+            question ends as an answer).
+
+    Returns:
+        Shape (batch, hidden) or (batch, 3 * hidden).
+    """
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    if kind == "mean":
+        return mean
+    last = attention_mask.sum(1).long() - 1  # the final [SEP]
+    ends = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return torch.cat([mean, hidden[:, 0], ends], dim=-1)
+
 
 class QuestionFlag(nn.Module):
-    """A linear question detector on the answer tower's mean-pooled middle layer.
+    """A linear question detector on the answer tower's middle layer (:func:`flag_features`).
 
     The middle layer still shows the surface form of a text (an interrogative, word order); the
     last layer's meaning-based vectors tell questions from answers much worse. The detector
@@ -28,9 +55,9 @@ class QuestionFlag(nn.Module):
     the towers are trained by the in-batch loss alone.
     """
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, features: str = "mean+ends"):
         super().__init__()
-        self.probe = nn.Linear(hidden_size, 1)
+        self.probe = nn.Linear(hidden_size * (3 if features == "mean+ends" else 1), 1)
         nn.init.zeros_(self.probe.weight)
         nn.init.zeros_(self.probe.bias)
 
@@ -38,7 +65,7 @@ class QuestionFlag(nn.Module):
         """The flag column, in [-1, 0]: minus the probability that the text is a question.
 
         Args:
-            middle: the answer tower's mean-pooled middle layer. Shape (batch, hidden).
+            middle: :func:`flag_features` of the answer tower's middle layer. Shape (batch, f).
 
         Returns:
             Shape (batch, 1), fp32.
@@ -52,14 +79,29 @@ def flag_layer(num_layers: int, depth: float) -> int:
     return max(1, min(num_layers, round(depth * num_layers)))
 
 
-def harden(column: torch.Tensor) -> torch.Tensor:
-    """The flag as search uses it: -1 for a text the detector calls a question, else 0.
+# search: no penalty up to the first probability, all of 1 at the second
+FLAG_RAMP = (0.5, 1.0)
 
-    A text flagged as a question loses 1 from every score, so it ranks below every real answer
-    of similar cosine, and the answers themselves keep the order of the towers' cosines exactly,
-    without the detector's small doubts added to it.
+
+def search_column(column: torch.Tensor, ramp: tuple[float, float] = FLAG_RAMP) -> torch.Tensor:
+    """The flag as search uses it: 0 for a likely answer, -1 for a sure question, a ramp between.
+
+    With ``p`` the detector's probability (``column = -p``), the penalty is 0 for ``p <= 0.5``,
+    so answers (and every text, while the detector is untrained and undecided) keep the order of
+    the towers' cosines exactly, without the detector's small doubts added; it grows linearly to
+    1 at ``p = 1``, so a text the detector is sure about (p > 0.99 for echoes, once trained) ranks
+    below every answer of similar cosine, and a text near the threshold loses a little: rounding
+    that moves ``p`` by 0.01 moves its score by 0.02, never by a whole point.
+
+    Args:
+        column: the training column, ``-p``. Shape (n,).
+        ramp: the probabilities where the penalty starts and where it is full.
+
+    Returns:
+        The search column, in [-1, 0]. Shape (n,).
     """
-    return -(column < -0.5).to(column.dtype)
+    low, high = ramp
+    return -((-column - low) / (high - low)).clamp(0.0, 1.0)
 
 
 def flag_loss(answer_column: torch.Tensor, echo_column: torch.Tensor) -> torch.Tensor:
@@ -69,9 +111,10 @@ def flag_loss(answer_column: torch.Tensor, echo_column: torch.Tensor) -> torch.T
     the two sides weighted equally.
 
     Args:
-        answer_column: the flag column of the batch's answers. Shape (n_answers,).
-        echo_column: the flag column of the batch's questions read by the answer tower.
-            Shape (batch,).
+        answer_column: the flag column of texts that are answers: the batch's answers, and the
+            answer-like form views (:func:`qa_lib.batching.form_views`). Shape (n_answers,).
+        echo_column: the flag column of texts that are questions, read by the answer tower: the
+            batch's questions, and the question-like form views. Shape (n_questions,).
 
     Returns:
         A scalar; ``ln 2`` for a detector that cannot tell them apart (p = 0.5 everywhere).
@@ -82,15 +125,19 @@ def flag_loss(answer_column: torch.Tensor, echo_column: torch.Tensor) -> torch.T
     return -(torch.log1p(-p_answer).mean() + torch.log(p_echo).mean()) / 2
 
 
-def flagged(model, a_emb: torch.Tensor) -> torch.Tensor | None:
-    """Which answer-tower embeddings carry the question flag (None: the model has no flag).
+def flag_column(model, a_emb: torch.Tensor) -> torch.Tensor | None:
+    """The question flag's search column of answer-tower embeddings (None: the model has none).
 
     Args:
         model: the dual encoder that made ``a_emb``.
-        a_emb: answer-tower embeddings, the hard flag (-1 or 0) in the last column.
-            Shape (n, dim).
+        a_emb: answer-tower embeddings, the search column (in [-1, 0]) last. Shape (n, dim).
 
     Returns:
-        True where flagged. Shape (n,).
+        The column: 0 unflagged, -1 fully flagged. Shape (n,).
     """
-    return a_emb[:, -1] < 0 if getattr(model, "has_question_flag", False) else None
+    return a_emb[:, -1] if getattr(model, "has_question_flag", False) else None
+
+
+def flag_rate(column: torch.Tensor | None) -> float:
+    """The share of texts the flag penalises at all (search column below 0: p > 0.5)."""
+    return 0.0 if column is None or not len(column) else (column < 0).double().mean().item()

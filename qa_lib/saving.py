@@ -84,6 +84,7 @@ def read_options(folder: Path) -> EncoderConfig:
             options[new] = options.pop(old)
     options["model_overrides"] = tuple(options.get("model_overrides", {}).items())
     options.setdefault("question_flag", False)  # saved before the flag existed: none
+    options.setdefault("flag_features", "mean")  # saved before the detector read the ends
     return EncoderConfig(**options)
 
 

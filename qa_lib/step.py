@@ -52,6 +52,7 @@ def batch_loss(
     a_emb: torch.Tensor,
     answer_keys: torch.Tensor,
     echo_emb: torch.Tensor | None = None,
+    views: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The step's loss: the in-batch loss, plus the question flag's loss on the echoes.
 
@@ -62,6 +63,8 @@ def batch_loss(
         a_emb: candidate embeddings, the batch's answers first. Shape (n_candidates, dim).
         answer_keys: equal keys mark equal answer texts. Shape (n_candidates,).
         echo_emb: the questions read by the answer tower, or None. Shape (batch, dim).
+        views: the flag column of the batch's form views and which of them are questions
+            (:func:`qa_lib.batching.form_views`), or None. Shapes (batch,), (batch,).
 
     Returns:
         A scalar. With the question flag its column is split off: the in-batch loss sees the
@@ -84,7 +87,24 @@ def batch_loss(
     )
     if echo_emb is None or flag_w <= 0:
         return loss
-    return loss + flag_w * flag_loss(a_emb[:, -1], echo_emb[:, -1])
+    answers, questions = a_emb[:, -1], echo_emb[:, -1]
+    if views is not None:
+        column, is_question = views
+        answers = torch.cat([answers, column[~is_question]])
+        questions = torch.cat([questions, column[is_question]])
+    return loss + flag_w * flag_loss(answers, questions)
+
+
+def view_columns(model, data: TokenizedPairs, idx: list[int], config: TrainConfig):
+    """The flag column of the batch's form views, and their labels; None when not used.
+
+    Read like the echoes: the answer tower without gradients or dropout; only the detector learns.
+    """
+    if not config.flag_views or data.views is None or echo_weights(model, config)[0] <= 0:
+        return None
+    tokens = [data.views[i] for i in idx]
+    column = model.embed_echoes(collate(tokens, data.pad_id), towers_learn=False)[:, -1]
+    return column, data.view_is_question[idx].to(column.device)
 
 
 def plain_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig) -> torch.Tensor:
@@ -101,7 +121,8 @@ def plain_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig)
         if flag_w > 0 or echo_w > 0:
             echo_emb = model.embed_echoes(q_batch, towers_learn=echo_w > 0)
         keys = data.answer_keys[rows].to(model.device)
-        loss = batch_loss(model, config, q_emb, a_emb, keys, echo_emb)
+        views = view_columns(model, data, idx, config)
+        loss = batch_loss(model, config, q_emb, a_emb, keys, echo_emb, views)
     loss.backward()
     return loss.detach()
 
@@ -118,9 +139,11 @@ def cached_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig
         embeds.append(partial(model.embed_echoes, towers_learn=echo_w > 0))
         tokens.append(q_tokens)
     keys = data.answer_keys[rows].to(model.device)
+    with autocast(model.device, config.precision):
+        views = view_columns(model, data, idx, config)  # no tower gradients: no chunks needed
 
     def loss_fn(q_emb, a_emb, echo_emb=None):
-        return batch_loss(model, config, q_emb, a_emb, keys, echo_emb)
+        return batch_loss(model, config, q_emb, a_emb, keys, echo_emb, views)
 
     def with_autocast(embed):
         def run(batch):

@@ -9,7 +9,7 @@ from torch.testing import assert_close
 from qa_lib import DualEncoder, Pairs, QAError, TrainConfig, fit
 from qa_lib.batching import tokenize_pairs
 from qa_lib.runtime import native_bf16, use_bf16
-from qa_lib.step import batch_loss, cached_step, echo_weights, train_step
+from qa_lib.step import batch_loss, cached_step, echo_weights, train_step, view_columns
 
 
 def _grads(model) -> dict[str, torch.Tensor]:
@@ -28,7 +28,8 @@ def _plain_reference(model, pairs, config) -> torch.Tensor:
     echo = model.embed_echoes(q_tokens, towers_learn=towers_learn)
     keys = torch.arange(len(pairs))  # the test pairs' answers are all different
     assert len(set(pairs.answers)) == len(pairs)
-    loss = batch_loss(model, config, q_emb, a_emb, keys, echo)
+    views = view_columns(model, tokenize_pairs(model, pairs), list(range(len(pairs))), config)
+    loss = batch_loss(model, config, q_emb, a_emb, keys, echo, views)
     loss.backward()
     return loss.detach()
 

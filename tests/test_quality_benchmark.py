@@ -180,3 +180,32 @@ def test_bm25_adapter_takes_the_echo_from_lexical_scores():
     assert set(quality.KEYS) <= set(metrics)
     assert metrics["question_echo_rate"] == with_echo["question_echo_rate"]
     assert metrics["recall@1_with_echo"] == with_echo["recall@1_with_echo"]
+
+
+def test_echo_study_filters_reuse_the_untrained_flag_towers_and_the_flag_table(
+    tmp_path, tiny_config, tiny_splits, monkeypatch
+):
+    """The filter rows evaluate the qa_lib_noecho towers with a rule; the learned flags' false
+    flags by answer length land in <dataset>-flag.md."""
+    quality = _quality_module()
+    from qa_lib import DualEncoder
+
+    train, test = tiny_splits
+    setup = quality.Setup("tiny", train, test, test)
+    built = []
+
+    def stand_in(system, *args, **kwargs):  # no training: a tiny random model per system
+        built.append(system)
+        return DualEncoder.from_config(tiny_config, seed=0)
+
+    monkeypatch.setattr(quality, "train_variant", stand_in)
+    budget = quality.Budget(seeds=1)
+    for system in ("qa_lib_noecho", "rule_filter", "exact_filter", "qa_lib"):
+        run = quality.run_system(system, setup, budget, 0, keep={"qa_lib_noecho"})
+        assert {"mixed_pool_rate", "answer_flag_rate"} <= set(run)
+    assert built == ["qa_lib_noecho", "qa_lib"]  # the filters reused the kept towers
+    rule = quality.run_system("rule_filter", setup, budget, 0, keep={"qa_lib_noecho"})
+    assert rule["question_echo_rate"] == 0.0  # every test question ends with "?"
+    text = quality.flag_table(setup, tmp_path)
+    assert "answers longer" in text and "| qa_lib |" in text.splitlines()[2]
+    assert (tmp_path / "tiny-flag.md").read_text().strip() == text

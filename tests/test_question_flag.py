@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch.testing import assert_close
 
-from qa_lib import DualEncoder, TrainConfig, in_batch_loss
-from qa_lib.question_flag import flag_loss, flagged, harden
+from qa_lib import DualEncoder, QAError, TrainConfig, in_batch_loss
+from qa_lib.batching import VIEW_KINDS, tokenize_pairs
+from qa_lib.question_flag import flag_column, flag_features, flag_loss, flag_rate, search_column
 from qa_lib.step import batch_loss
 
 TEXTS = ["a short one", "a considerably longer text with many more tokens in it", "mid length text"]
@@ -31,14 +33,19 @@ def test_a_flagged_text_loses_exactly_one(tiny_config):
     model = DualEncoder.from_config(tiny_config, seed=0)
     before = model.score(TEXTS, TEXTS)
     with torch.no_grad():
-        model.question_flag.probe.bias.fill_(10.0)  # the detector now calls every text a question
+        model.question_flag.probe.bias.fill_(30.0)  # the detector now calls every text a question
     assert torch.equal(model.encode_answers(TEXTS)[:, -1], -torch.ones(3))
     assert_close(model.score(TEXTS, TEXTS), before - 1)
 
 
-def test_harden_flags_only_likely_questions():
-    column = torch.tensor([-0.01, -0.5, -0.51, -0.99])  # minus the detector's probability
-    assert torch.equal(harden(column), torch.tensor([0.0, 0.0, -1.0, -1.0]))
+def test_the_search_column_ramps_from_no_penalty_to_a_whole_point():
+    column = -torch.tensor([0.01, 0.25, 0.5, 0.52, 0.75, 1.0])  # minus the detector's p
+    expected = torch.tensor([0.0, 0.0, 0.0, -0.04, -0.5, -1.0])
+    assert_close(search_column(column), expected)
+    # graceful: near the threshold a change of p moves the score by twice as much, never by 1
+    p = torch.linspace(0, 1, 1001)
+    steps = search_column(-p).diff().abs()
+    assert steps.max() <= 2 * 0.001 + 1e-6
 
 
 def test_echoes_train_the_detector_only_and_leave_dropout_alone(tiny_model):
@@ -92,8 +99,56 @@ def test_the_flag_column_only_trains_the_detector():
     assert torch.count_nonzero(a_full.grad[:, :-1]) > 0
 
 
-def test_flagged_reads_the_last_column_of_flagged_models_only(tiny_model):
-    a_emb = torch.tensor([[0.6, 0.8, 0.0], [1.0, 0.0, -1.0]])
-    assert flagged(tiny_model, a_emb).tolist() == [False, True]
-    assert flagged(object(), a_emb) is None
-    assert math.isclose(float(harden(torch.tensor([-0.7]))), -1.0)
+def test_flag_column_reads_the_last_column_of_flagged_models_only(tiny_model):
+    a_emb = torch.tensor([[0.6, 0.8, 0.0], [1.0, 0.0, -1.0], [0.0, 1.0, -0.4]])
+    assert flag_column(tiny_model, a_emb).tolist() == [0.0, -1.0, pytest.approx(-0.4)]
+    assert flag_column(object(), a_emb) is None
+    assert math.isclose(flag_rate(flag_column(tiny_model, a_emb)), 2 / 3)  # penalised: 2 of 3
+
+
+def test_form_views_break_the_length_cue(tiny_model, default_splits):
+    """Every batch gets answers as short as questions and questions as long as answers."""
+    pairs = default_splits["train"].select(range(40))
+    data = tokenize_pairs(tiny_model, pairs)
+    assert len(data.views) == len(pairs) and data.view_is_question.tolist()[:4] == [
+        False,
+        True,
+        False,
+        True,
+    ]
+    decode = tiny_model.tokenizer.decode
+    for i in range(0, 40, 4):
+        short, bare, faq, long = (data.views[i + k] for k in range(4))
+        assert len(short) <= max(len(data.q_tokens[i]), 2) and short[-1] == data.a_tokens[i][-1]
+        assert "?" not in decode(bare)
+        assert faq[: len(data.q_tokens[i + 2]) - 1] == data.q_tokens[i + 2][:-1]  # q, then a
+        assert long[-len(data.q_tokens[i + 3]) + 1 :] == data.q_tokens[i + 3][1:]  # ..., then q
+        assert len(long) > len(data.q_tokens[i + 3])
+    assert len(VIEW_KINDS) == 4
+
+
+def test_flag_features_read_the_mean_and_both_ends():
+    hidden = torch.arange(24.0).reshape(1, 4, 6)  # (batch, seq, hidden)
+    mask = torch.tensor([[1, 1, 1, 0]])  # the last position is padding
+    features = flag_features(hidden, mask, "mean+ends")
+    assert features.shape == (1, 18)
+    assert_close(features[0, :6], hidden[0, :3].mean(0))
+    assert_close(features[0, 6:12], hidden[0, 0])  # [CLS]
+    assert_close(features[0, 12:], hidden[0, 2])  # the final real token, not the padding
+    assert_close(flag_features(hidden, mask, "mean"), features[:, :6])
+
+
+def test_question_probability_and_flag_by_length(tiny_model, tiny_splits):
+    from qa_lib.evaluate import flag_by_length
+
+    p = tiny_model.question_probability(["what is it?", "It is a test."])
+    assert_close(p, torch.full((2,), 0.5))  # an untrained detector is undecided
+    report = flag_by_length(tiny_model, tiny_splits[1])
+    buckets = [k for k in report if k.startswith("answers")]
+    assert len(buckets) == 3 and sum(report[k]["n"] for k in buckets) == len(
+        set(tiny_splits[1].answers)
+    )
+    assert report["questions (echoes)"]["flag_rate"] == 0.0  # p = 0.5 is no flag
+    tied = DualEncoder.from_config(tiny_model.config, tied=True)
+    with pytest.raises(QAError, match="no question flag"):
+        tied.question_probability(["what?"])
