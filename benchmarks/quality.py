@@ -385,37 +385,50 @@ def plot(results: dict, chance: float, path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_echo_tradeoff(results: dict, marked: str | None = None):
-    """Recall@1 against the question-echo rate, one point per system (up and left is better).
+def plot_echo_tradeoff(results: dict, marked: str | None = None, title: str = ""):
+    """Recall@1 against the mixed-pool rate, one point per system (up and left is better).
+
+    The mixed-pool rate (every test question added to the pool, how often one outranks the
+    answer) includes the echo and its paraphrases, so it separates an exact-duplicate filter
+    from a flag. Labels are listed beside the points, so points that coincide stay readable.
 
     Args:
-        results: per system, ``recall@1`` and ``question_echo_rate`` (optionally with
-            ``recall@1_std`` and ``question_echo_rate_std``, drawn as error bars).
+        results: per system, ``recall@1`` and ``mixed_pool_rate`` (optionally with ``_std``
+            values, drawn as error bars).
         marked: the system to mark as the chosen default (a star).
+        title: the figure's title.
     """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
+    x_key = (
+        "mixed_pool_rate"
+        if all("mixed_pool_rate" in m for m in results.values())
+        else ("question_echo_rate")
+    )
     for i, (name, m) in enumerate(results.items()):
         star = name == marked
         ax.errorbar(
-            m["question_echo_rate"],
+            m[x_key],
             m["recall@1"],
-            xerr=m.get("question_echo_rate_std") or None,
+            xerr=m.get(f"{x_key}_std") or None,
             yerr=m.get("recall@1_std") or None,
             fmt="*" if star else "o",
-            ms=12 if star else 5,
-            color="tab:red" if star else "tab:blue",
+            ms=12 if star else 6,
+            color="black" if star else f"C{i % 10}",
             capsize=2,
+            label=f"{name} (default)" if star else name,
         )
-        ax.annotate(
-            f"{name} (default)" if star else name,
-            (m["question_echo_rate"], m["recall@1"]),
-            fontsize=7,
-            xytext=(5, 4 if i % 2 == 0 else -10),  # alternate, so close points stay readable
-            textcoords="offset points",
-        )
-    ax.set(xlabel="question-echo rate (lower is better)", ylabel="recall@1", xlim=(-0.05, 1.05))
+    what = "questions outrank the answer, with every test question in the pool"
+    if x_key == "question_echo_rate":
+        what = "the question's own text outranks its answer"
+    ax.set(
+        xlabel=f"share of questions where {what}\n(lower is better)",
+        ylabel="recall@1",
+        xlim=(-0.05, 1.05),
+        title=title or "Keeping questions out of the answers' places",
+    )
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
 
 
@@ -470,7 +483,8 @@ def echo_tradeoff(name: str, info: dict, results: dict, out: Path) -> str | None
     )
     (out / f"{name}-echo.md").write_text(text + "\n")
     points = {s: r for s, r in results.items() if s not in ("random_init",)}
-    fig = plot_echo_tradeoff(points, marked="qa_lib" if "qa_lib" in results else None)
+    title = f"{name}: keeping questions out of the answers' places"
+    fig = plot_echo_tradeoff(points, marked="qa_lib" if "qa_lib" in results else None, title=title)
     save_figure(fig, out / f"{name}-echo.png")
     return text
 
