@@ -3,8 +3,9 @@
 The original lesson claimed that its towers ranked the answer to "What is the tallest mountain in
 the world?" above the question's own text and "Who is Donald Duck?". This script trains qa_lib's
 default towers as ``make demo`` does (the embedded data, 5 epochs, batch 32, validation each epoch)
-once per seed and precision, and prints the three scores, the question flag's probabilities for
-the three strings, and the test split's metrics.
+once per seed and precision, and prints the three scores, the question flag's probability for the
+answer, and the test split's metrics, all of the towers after the last epoch (``make demo``
+reloads the epoch with the best validation MRR@10 instead).
 
     python benchmarks/demo_seeds.py --seeds 0,1,2 --precisions fp32,bf16
 
