@@ -18,6 +18,12 @@ Every system is measured in one run on the same split and the same candidate poo
   echo_negative_w0.1  the same with weight 0.1
   flag_lr_0.02    qa_lib with the detector's learning rate at 0.02 instead of 0.1 (called
                   prior_lr_0.02 before the answer prior was renamed the question flag)
+  flag_v1         the question flag of qa_lib 0.1: its detector reads the middle layer's mean only
+                  and learns from echoes and answers alone (no form views)
+  exact_filter    the qa_lib_noecho towers; candidates equal to the query (case and punctuation
+                  aside) dropped: fixes the echo, not a paraphrase
+  rule_filter     the qa_lib_noecho towers; candidates ending in "?" or opening with a wh-word or
+                  an auxiliary dropped (qa_lib.evaluate.looks_like_question)
   st_mnrl         sentence-transformers MultipleNegativesRankingLoss from the same base model with
                   the same data, epochs, batch size, learning rate and weight decay
   untrained_hybrid  the untrained towers plus BM25 (qa_lib.hybrid: dense + w * bm25(q, d) /
@@ -34,14 +40,17 @@ pairs left out of the training sample (never test pairs; on SQuAD and MedQuAD th
 and diseases, often answers, with the sample); where the sample took every training pair (nq), on
 the training pairs themselves. Both favour the dense side: the towers have seen those answers.
 
-Metrics (qa_lib.metrics' definitions): Recall@1/5/10, MRR@10, nDCG@10 and the question-echo rate
-(the question's own text, added as a candidate, ties or beats its best answer). Trained systems:
+Metrics (qa_lib.metrics' definitions): Recall@1/5/10, MRR@10, nDCG@10, the question-echo rate
+(the question's own text, added as a candidate, ties or beats its best answer), the mixed-pool rate
+(every test question added to the pool: some question ties or beats the answer) and the share of
+real answers the flag or rule takes for questions. Trained systems:
 mean ± std over seeds; the split is fixed (seed 0), the seed changes init, data order and dropout.
 
     python benchmarks/quality.py --datasets nq --quick            # 1 seed, 10 training steps
     python benchmarks/quality.py --datasets nq,medquad,squad      # full: 3 seeds
     python benchmarks/quality.py --datasets path/to/beir-folder   # train qrels -> test qrels
     python benchmarks/quality.py --datasets nq --echo-curve --systems qa_lib,qa_lib_noecho
+    python benchmarks/quality.py --datasets nq,medquad,squad --quick --echo-study   # 500 s
 
 Quick mode on nq-sample-dlai, the eight main systems: 190 s on 2 quiet CPU cores. Full mode: nq
 with all systems 21 min (fp32, before bf16 became the CPU default); MedQuAD and SQuAD with bm25,
@@ -52,7 +61,8 @@ three datasets: 50 min on a slower 2-core EPYC without AVX512-BF16 (fp32).
 
 Writes ``<dataset>.md``, ``<dataset>.json`` and ``<dataset>.png`` under ``runs/bench/quality/``;
 with two or more of the echo variants (qa_lib, qa_lib_noecho, echo_negative, ...) also
-``<dataset>-echo.md`` and ``<dataset>-echo.png``: the echo rate against Recall@1, default marked.
+``<dataset>-echo.md`` and ``<dataset>-echo.png`` (the mixed-pool rate against Recall@1, default
+marked); with a learned flag, ``<dataset>-flag.md``: its false flags by answer length.
 """
 
 from __future__ import annotations

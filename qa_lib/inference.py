@@ -15,8 +15,6 @@ from qa_lib.batching import sorted_chunks
 from qa_lib.question_flag import search_column
 from qa_lib.runtime import autocast, prefetched
 
-SIDES = ("question", "answer")
-
 
 def tokenized_batches(model, texts: Sequence[str], max_len: int, batch_size: int) -> Iterator:
     """``(row indices, token batch)`` in longest-first order, prepared by a background thread.

@@ -3,7 +3,7 @@
 Taught in section 9 of notebook 03. A dual encoder scores ``q_emb · a_emb``. A question's own text,
 read by the answer tower (its *echo*), shares every word with the question, so a tower that ranks
 by topic ranks the echo first. The flag is one more embedding column: questions carry a constant
-1 there and every passage carries minus the probability that it is a question, so
+1 there and every passage a penalty that grows with the probability that it is a question, so
 
     score(q, a) = cosine(q, a) - penalty(p_question(a))
 
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from qa_lib.errors import QAError
 
 FLAG_FEATURES = ("mean", "mean+ends")  # EncoderConfig.flag_features: see flag_features
 
@@ -58,6 +60,8 @@ class QuestionFlag(nn.Module):
 
     def __init__(self, hidden_size: int, features: str = "mean+ends"):
         super().__init__()
+        if features not in FLAG_FEATURES:
+            raise QAError(f"unknown flag_features {features!r}: use one of {FLAG_FEATURES}")
         self.probe = nn.Linear(hidden_size * (3 if features == "mean+ends" else 1), 1)
         nn.init.zeros_(self.probe.weight)
         nn.init.zeros_(self.probe.bias)

@@ -136,6 +136,18 @@ def test_flag_features_read_the_mean_and_both_ends():
     assert_close(features[0, 6:12], hidden[0, 0])  # [CLS]
     assert_close(features[0, 12:], hidden[0, 2])  # the final real token, not the padding
     assert_close(flag_features(hidden, mask, "mean"), features[:, :6])
+    with pytest.raises(QAError, match="unknown flag_features 'max'"):
+        DualEncoder.from_config(
+            model=None,
+            pretrained=False,
+            flag_features="max",
+            model_overrides=(
+                ("num_hidden_layers", 1),
+                ("hidden_size", 8),
+                ("num_attention_heads", 1),
+                ("intermediate_size", 8),
+            ),
+        )
 
 
 def test_question_probability_and_flag_by_length(tiny_model, tiny_splits):
