@@ -37,25 +37,46 @@ def tokenize_pairs(model, pairs) -> TokenizedPairs:
     data = TokenizedPairs(q_tokens, a_tokens, answer_keys, tok.pad_token_id or 0)
     bare = [q.lower().replace("?", "").strip() or q for q in pairs.questions]
     bare_tokens = tok(bare, truncation=True, max_length=config.max_q_len)["input_ids"]
-    data.views, data.view_is_question = form_views(q_tokens, a_tokens, bare_tokens)
+    stops = set(tok.convert_tokens_to_ids(list(SENTENCE_ENDS)))
+    data.views, data.view_is_question = form_views(q_tokens, a_tokens, bare_tokens, stops)
     return data
 
 
 VIEW_KINDS = (
-    "short answer",
+    "first sentence of the answer",
     "bare question",
     "question, then its answer",
     "context, then question",
 )
 VIEW_EXTRA = 16  # tokens of an answer that the FAQ-style and context views borrow
+SENTENCE_ENDS = (".", "!", ";")  # tokens that end an answer's first sentence
 
 
-def form_views(q_tokens, a_tokens, bare_tokens) -> tuple[list[list[int]], torch.Tensor]:
+def first_sentence(answer: list[int], limit: int, stops: set[int]) -> list[int]:
+    """An answer's first sentence, ``[CLS] ... . [SEP]``: a short, complete statement.
+
+    If the first sentence is longer than ``limit`` tokens, the answer is cut to ``limit`` and
+    closed with the sentence end found last in it (or ends cut, when there is none).
+    """
+    body = answer[1:-1]
+    end = next((k for k, t in enumerate(body) if t in stops), None)
+    if end is not None and end + 3 <= limit:
+        return answer[: end + 2] + answer[-1:]
+    cut = body[: max(limit - 3, 1)]
+    close = next((t for t in reversed(body) if t in stops), None)
+    return answer[:1] + cut + ([close] if close is not None else []) + answer[-1:]
+
+
+def form_views(
+    q_tokens, a_tokens, bare_tokens, stops: set[int] = frozenset()
+) -> tuple[list[list[int]], torch.Tensor]:
     """One text per row that length alone cannot label, for the question flag's detector.
 
     Row ``i`` gets the view ``VIEW_KINDS[i % 4]``, so every batch holds all four:
 
-    - a short answer: the answer cut to its question's length (an answer as short as a question);
+    - the answer's first sentence (:func:`first_sentence`, at most twice its question's length):
+      a short, complete statement, often on the question's own topic ("Rotor syndrome is a
+      rare condition."), the kind of answer a detector that reads length or topic would flag;
     - a bare question: lower-cased, question marks removed (NQ's style: no "?" to lean on);
     - a question, then its answer: FAQ style, the question restated before the answer (an answer
       that contains a question);
@@ -69,6 +90,7 @@ def form_views(q_tokens, a_tokens, bare_tokens) -> tuple[list[list[int]], torch.
         q_tokens: token ids of the questions, ``[CLS] ... [SEP]``.
         a_tokens: token ids of the answers.
         bare_tokens: token ids of the bare questions.
+        stops: the token ids that end a sentence (:data:`SENTENCE_ENDS`).
 
     Returns:
         ``(views, is_question)``: token ids per row, and the label of each. Shapes (n,), (n,).
@@ -76,8 +98,8 @@ def form_views(q_tokens, a_tokens, bare_tokens) -> tuple[list[list[int]], torch.
     n, views, labels = len(q_tokens), [], []
     for i, (q, a) in enumerate(zip(q_tokens, a_tokens)):
         kind, other = i % 4, a_tokens[(i + 1) % n]
-        if kind == 0:  # [CLS] answer, cut [SEP]
-            view = a if len(a) <= len(q) else a[: len(q) - 1] + a[-1:]
+        if kind == 0:  # [CLS] first sentence. [SEP]
+            view = first_sentence(a, 2 * len(q), stops)
         elif kind == 1:
             view = bare_tokens[i]
         elif kind == 2:  # [CLS] question answer... [SEP]

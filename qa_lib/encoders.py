@@ -9,7 +9,8 @@ batches (training); ``encode_*`` embeds texts for evaluation and search (:mod:`q
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,6 +52,20 @@ def tokenize(tokenizer, texts: Sequence[str], max_len: int) -> dict[str, torch.T
         list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
     )
     return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+
+@contextmanager
+def first_layers(encoder: nn.Module, n: int) -> Iterator[None]:
+    """Run only the first ``n`` transformer layers of a BERT encoder inside the block.
+
+    Its ``hidden_states[n]`` is then exactly that of a full run, for less than the full cost.
+    """
+    layers = encoder.encoder.layer
+    encoder.encoder.layer = layers[:n]
+    try:
+        yield
+    finally:
+        encoder.encoder.layer = layers
 
 
 class DualEncoder(nn.Module):
@@ -183,29 +198,33 @@ class DualEncoder(nn.Module):
         """Answer embeddings (with gradients). Shape (batch, dim)."""
         return self._finish("answer", *self._run_tower("answer", batch))
 
-    def embed_echoes(self, q_batch: dict[str, torch.Tensor], towers_learn: bool) -> torch.Tensor:
-        """Questions embedded by the answer tower: the echo that training pushes down.
+    def flag_columns(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The question flag's training column (``-p``) of texts read by the answer tower.
+
+        Only the detector learns from it: the tower runs without gradients and without dropout
+        (the towers train exactly as without it, their random stream untouched), and only up to
+        the layer the flag reads (:attr:`flag_layer`), since nothing above it is used.
 
         Args:
-            q_batch: the questions' token batch.
-            towers_learn: True for the echo negative (the towers learn from it: this is
-                :meth:`embed_answers`); False when only the question flag learns from echoes:
-                the tower then runs without gradients and without dropout, so the towers train
-                exactly as without echoes.
+            batch: a token batch (the echoes of questions, the form views).
 
         Returns:
-            Shape (batch, dim).
+            Shape (batch,), fp32, with gradients for the detector only.
         """
-        if towers_learn or not self.has_question_flag:
-            return self.embed_answers(q_batch)
+        if not self.has_question_flag:
+            raise QAError("this model has no question flag (tied, raw dot products, or turned off)")
         was_training = self.a_encoder.training
-        self.a_encoder.eval()  # no dropout: the towers' random stream is that of a run without
+        self.a_encoder.eval()
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         try:
-            with torch.no_grad():
-                pooled, middle = self._run_tower("answer", q_batch)
+            with torch.no_grad(), first_layers(self.a_encoder, self.flag_layer):
+                out = self.a_encoder(**batch, output_hidden_states=True)
         finally:
             self.a_encoder.train(was_training)
-        return self._finish("answer", pooled, middle)
+        middle = flag_features(
+            out.hidden_states[self.flag_layer], batch["attention_mask"], self.config.flag_features
+        )
+        return self.question_flag(middle)[:, 0]
 
     def forward(self, q_batch: dict, a_batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(q_emb, a_emb)``, shapes (batch, dim) and (n_answers, dim)."""

@@ -9,7 +9,6 @@ Both call :func:`batch_loss`, so their loss and gradients are the same.
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 
@@ -52,7 +51,7 @@ def batch_loss(
     a_emb: torch.Tensor,
     answer_keys: torch.Tensor,
     echo_emb: torch.Tensor | None = None,
-    views: tuple[torch.Tensor, torch.Tensor] | None = None,
+    detector: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The step's loss: the in-batch loss, plus the question flag's loss on the echoes.
 
@@ -62,9 +61,11 @@ def batch_loss(
         q_emb: question embeddings. Shape (batch, dim).
         a_emb: candidate embeddings, the batch's answers first. Shape (n_candidates, dim).
         answer_keys: equal keys mark equal answer texts. Shape (n_candidates,).
-        echo_emb: the questions read by the answer tower, or None. Shape (batch, dim).
-        views: the flag column of the batch's form views and which of them are questions
-            (:func:`qa_lib.batching.form_views`), or None. Shapes (batch,), (batch,).
+        echo_emb: the questions read by the answer tower, for the echo negative (the towers
+            learn from it), or None. Shape (batch, dim).
+        detector: the flag column of the texts only the detector learns from, and which of
+            them are questions (:func:`detector_columns`: echoes, form views), or None.
+            Shapes (n,), (n,).
 
     Returns:
         A scalar. With the question flag its column is split off: the in-batch loss sees the
@@ -85,31 +86,44 @@ def batch_loss(
         towers_echo,
         echo_w,
     )
-    if echo_emb is None or flag_w <= 0:
+    if flag_w <= 0 or (echo_emb is None and detector is None):
         return loss
-    answers, questions = a_emb[:, -1], echo_emb[:, -1]
-    if views is not None:
-        column, is_question = views
+    answers = a_emb[:, -1]
+    questions = a_emb[:0, -1] if echo_emb is None else echo_emb[:, -1]
+    if detector is not None:
+        column, is_question = detector
         answers = torch.cat([answers, column[~is_question]])
         questions = torch.cat([questions, column[is_question]])
     return loss + flag_w * flag_loss(answers, questions)
 
 
-def view_columns(model, data: TokenizedPairs, idx: list[int], config: TrainConfig):
-    """The flag column of the batch's form views, and their labels; None when not used.
+def detector_columns(model, data: TokenizedPairs, idx: list[int], config: TrainConfig):
+    """The flag column of the texts only the detector learns from, and their labels.
 
-    Read like the echoes: the answer tower without gradients or dropout; only the detector learns.
+    Those are the batch's echoes (unless the echo negative embeds them with gradients) and its
+    form views (``config.flag_views``), read in one pass by :meth:`DualEncoder.flag_columns`:
+    the answer tower up to the flag's layer, without gradients or dropout.
+
+    Returns:
+        ``(column, is_question)``, shapes (n,), (n,); None without the flag's loss.
     """
-    if not config.flag_views or data.views is None or echo_weights(model, config)[0] <= 0:
+    flag_w, echo_w = echo_weights(model, config)
+    if flag_w <= 0:
         return None
-    tokens = [data.views[i] for i in idx]
-    column = model.embed_echoes(collate(tokens, data.pad_id), towers_learn=False)[:, -1]
-    return column, data.view_is_question[idx].to(column.device)
+    rows = [] if echo_w > 0 else list(idx)  # the echo negative's echoes carry their own column
+    tokens, labels = [data.q_tokens[i] for i in rows], [True] * len(rows)
+    if config.flag_views and data.views is not None:
+        tokens += [data.views[i] for i in idx]
+        labels += data.view_is_question[idx].tolist()
+    if not tokens:
+        return None
+    column = model.flag_columns(collate(tokens, data.pad_id))
+    return column, torch.tensor(labels, dtype=torch.bool, device=column.device)
 
 
 def plain_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig) -> torch.Tensor:
     """Forward and backward for one batch at once; returns the loss (a tensor, not synced)."""
-    flag_w, echo_w = echo_weights(model, config)
+    echo_w = echo_weights(model, config)[1]
     rows = candidate_rows(data, idx)
     with autocast(model.device, config.precision):
         q_batch = collate([data.q_tokens[i] for i in idx], data.pad_id)
@@ -117,12 +131,10 @@ def plain_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig)
         chunks = config.answer_chunks or (1 if model.device.type == "cuda" else 4)
         a_tokens = [data.a_tokens[i] for i in rows]
         a_emb = embed_in_chunks(model.embed_answers, a_tokens, data.pad_id, chunks)
-        echo_emb = None
-        if flag_w > 0 or echo_w > 0:
-            echo_emb = model.embed_echoes(q_batch, towers_learn=echo_w > 0)
+        echo_emb = model.embed_answers(q_batch) if echo_w > 0 else None
         keys = data.answer_keys[rows].to(model.device)
-        views = view_columns(model, data, idx, config)
-        loss = batch_loss(model, config, q_emb, a_emb, keys, echo_emb, views)
+        detector = detector_columns(model, data, idx, config)
+        loss = batch_loss(model, config, q_emb, a_emb, keys, echo_emb, detector)
     loss.backward()
     return loss.detach()
 
@@ -130,20 +142,20 @@ def plain_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig)
 def cached_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig) -> torch.Tensor:
     """The same step with gradient caching: activation memory of ``config.grad_cache_chunk``
     pairs instead of the batch; the same loss and gradients (hard negatives included)."""
-    flag_w, echo_w = echo_weights(model, config)
+    echo_w = echo_weights(model, config)[1]
     rows = candidate_rows(data, idx)
     q_tokens = [data.q_tokens[i] for i in idx]
     embeds = [model.embed_questions, model.embed_answers]
     tokens = [q_tokens, [data.a_tokens[i] for i in rows]]
-    if flag_w > 0 or echo_w > 0:
-        embeds.append(partial(model.embed_echoes, towers_learn=echo_w > 0))
+    if echo_w > 0:  # the echo negative: the towers learn from the echoes
+        embeds.append(model.embed_answers)
         tokens.append(q_tokens)
     keys = data.answer_keys[rows].to(model.device)
     with autocast(model.device, config.precision):
-        views = view_columns(model, data, idx, config)  # no tower gradients: no chunks needed
+        detector = detector_columns(model, data, idx, config)  # no tower gradients: no chunks
 
     def loss_fn(q_emb, a_emb, echo_emb=None):
-        return batch_loss(model, config, q_emb, a_emb, keys, echo_emb, views)
+        return batch_loss(model, config, q_emb, a_emb, keys, echo_emb, detector)
 
     def with_autocast(embed):
         def run(batch):

@@ -33,13 +33,13 @@ def test_bf16_fast_path_matches_fp32_reference(tiny_config, tiny_splits):
     data, idx = tokenize_pairs(model, pairs), list(range(32))
     q = model.tokenize(pairs.questions, model.config.max_q_len)
     a = model.tokenize(pairs.answers, model.config.max_a_len)
-    echo = model.embed_echoes(
-        model.tokenize(pairs.questions, model.config.max_a_len), towers_learn=False
-    )
-    # fp32, one padded batch; the question flag's detector loss included, as in train_step
+    column = model.flag_columns(model.tokenize(pairs.questions, model.config.max_a_len))
+    echoes = (column, torch.ones_like(column, dtype=torch.bool))
+    # fp32, one padded batch; the question flag's detector loss on the echoes included
     keys = data.answer_keys.cuda()
-    reference = batch_loss(model, TrainConfig(), *model(q, a), keys, echo)
-    fast = train_step(model, data, idx, TrainConfig())  # bf16 autocast, length-sorted chunks
+    config = TrainConfig(flag_views=False)
+    reference = batch_loss(model, config, *model(q, a), keys, None, echoes)
+    fast = train_step(model, data, idx, config)  # bf16 autocast, length-sorted chunks
     assert_close(fast, reference.detach(), atol=0.05, rtol=0.02)  # bf16 tolerance
 
 

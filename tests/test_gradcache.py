@@ -7,9 +7,10 @@ import torch
 from torch.testing import assert_close
 
 from qa_lib import DualEncoder, Pairs, QAError, TrainConfig, fit
-from qa_lib.batching import tokenize_pairs
+from qa_lib.batching import collate, tokenize_pairs
+from qa_lib.question_flag import flag_features
 from qa_lib.runtime import native_bf16, use_bf16
-from qa_lib.step import batch_loss, cached_step, echo_weights, train_step, view_columns
+from qa_lib.step import batch_loss, cached_step, echo_weights, train_step
 
 
 def _grads(model) -> dict[str, torch.Tensor]:
@@ -25,13 +26,26 @@ def _plain_reference(model, pairs, config) -> torch.Tensor:
     q_emb, a_emb = model(q_batch, a_batch)
     towers_learn = echo_weights(model, config)[1] > 0
     q_tokens = model.tokenize(pairs.questions, model.config.max_a_len)
-    echo = model.embed_echoes(q_tokens, towers_learn=towers_learn)
+    echo, detector = (model.embed_answers(q_tokens), None) if towers_learn else (None, None)
+    if model.has_question_flag:  # echoes and form views, read by the whole answer tower
+        data = tokenize_pairs(model, pairs)
+        tokens = collate(data.q_tokens + data.views, data.pad_id)
+        labels = [True] * len(pairs) + data.view_is_question.tolist()
+        detector = (_detector_column(model, tokens), torch.tensor(labels))
     keys = torch.arange(len(pairs))  # the test pairs' answers are all different
     assert len(set(pairs.answers)) == len(pairs)
-    views = view_columns(model, tokenize_pairs(model, pairs), list(range(len(pairs))), config)
-    loss = batch_loss(model, config, q_emb, a_emb, keys, echo, views)
+    loss = batch_loss(model, config, q_emb, a_emb, keys, echo, detector)
     loss.backward()
     return loss.detach()
+
+
+def _detector_column(model, batch) -> torch.Tensor:
+    """The flag column from a full run of the answer tower (no gradients into the tower)."""
+    with torch.no_grad():
+        hidden = model.a_encoder(**batch, output_hidden_states=True).hidden_states
+    mask, kind = batch["attention_mask"], model.config.flag_features
+    middle = flag_features(hidden[model.flag_layer], mask, kind)
+    return model.question_flag(middle)[:, 0]
 
 
 @pytest.fixture

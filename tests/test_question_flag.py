@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from qa_lib import DualEncoder, QAError, TrainConfig, in_batch_loss
-from qa_lib.batching import VIEW_KINDS, tokenize_pairs
+from qa_lib.batching import SENTENCE_ENDS, VIEW_KINDS, first_sentence, tokenize_pairs
 from qa_lib.question_flag import flag_column, flag_features, flag_loss, flag_rate, search_column
 from qa_lib.step import batch_loss
 
@@ -52,10 +52,15 @@ def test_echoes_train_the_detector_only_and_leave_dropout_alone(tiny_model):
     tiny_model.train()  # dropout on: the echo pass must not draw from the random stream
     batch = tiny_model.tokenize(TEXTS, 24)
     state = torch.get_rng_state()
-    echo = tiny_model.embed_echoes(batch, towers_learn=False)
+    column = tiny_model.flag_columns(batch)
     assert torch.equal(torch.get_rng_state(), state)
     assert tiny_model.a_encoder.training, "the answer tower is back in training mode"
-    echo[:, -1].sum().backward()
+    layers = tiny_model.a_encoder.config.num_hidden_layers
+    assert len(tiny_model.a_encoder.encoder.layer) == layers, "every layer is back in place"
+    tiny_model.eval()
+    with torch.no_grad():  # the same column as a full run of the answer tower gives
+        assert_close(column.detach(), tiny_model.embed_answers(batch)[:, -1], atol=1e-6, rtol=0)
+    column.sum().backward()
     grads = {n for n, p in tiny_model.named_parameters() if p.grad is not None}
     assert grads == {"question_flag.probe.weight", "question_flag.probe.bias"}
     assert 0 < tiny_model.flag_layer < tiny_model.a_encoder.config.num_hidden_layers + 1
@@ -119,12 +124,23 @@ def test_form_views_break_the_length_cue(tiny_model, default_splits):
     decode = tiny_model.tokenizer.decode
     for i in range(0, 40, 4):
         short, bare, faq, long = (data.views[i + k] for k in range(4))
-        assert len(short) <= max(len(data.q_tokens[i]), 2) and short[-1] == data.a_tokens[i][-1]
+        answer = data.a_tokens[i]
+        assert len(short) <= 2 * len(data.q_tokens[i]) and short[-1] == answer[-1]
+        assert decode(short[-2:-1]) in SENTENCE_ENDS and short[:-2] == answer[: len(short) - 2]
         assert "?" not in decode(bare)
         assert faq[: len(data.q_tokens[i + 2]) - 1] == data.q_tokens[i + 2][:-1]  # q, then a
         assert long[-len(data.q_tokens[i + 3]) + 1 :] == data.q_tokens[i + 3][1:]  # ..., then q
         assert len(long) > len(data.q_tokens[i + 3])
     assert len(VIEW_KINDS) == 4
+
+
+def test_first_sentence_is_a_complete_short_statement():
+    cls, sep, dot = 101, 102, 9  # [CLS] a b . c d . [SEP]
+    answer = [cls, 1, 2, dot, 3, 4, dot, sep]
+    assert first_sentence(answer, 10, {dot}) == [cls, 1, 2, dot, sep]
+    long = [cls, *range(20, 40), dot, sep]  # one sentence longer than the limit: cut, then closed
+    assert first_sentence(long, 8, {dot}) == [cls, 20, 21, 22, 23, 24, dot, sep]
+    assert first_sentence([cls, 1, 2, 3, sep], 4, {dot}) == [cls, 1, sep]  # no sentence end
 
 
 def test_flag_features_read_the_mean_and_both_ends():
