@@ -8,11 +8,13 @@ Measured in one run, same model, batch, data and lengths, each system in its own
           mean pooling; bf16 on CUDA, its default fp32 on CPU), the tool practitioners pick
   st-bf16 the same with ``bf16=True`` on CPU too (CPU preset: what st gains from bf16 alone)
   qa_lib  qa_lib.train.fit with its defaults (two towers, the question flag's detector learning
-          from the echoes: the questions read once more by the answer tower, forward only;
+          from the echoes and one form view per pair: both read once more by the answer tower, in
+          one batch, forward only and only up to the layer the flag reads;
           pre-tokenised, length-sorted answer chunks; SDPA, fused AdamW; bf16 autocast where the
           hardware multiplies bf16 natively: CUDA, and CPUs with AVX512-BF16 or AMX)
   qa_lib-noecho  the same without the echo objective (the same work per pair as st)
   qa_lib-fp32    qa_lib with ``precision="fp32"`` (CPU preset: the gain without bf16)
+  qa_lib-noecho-fp32  qa_lib-noecho in fp32 (with qa_lib-fp32: the echo's cost on CPUs without bf16)
   qa_lib-compile, qa_lib-noecho-compile  the same with torch.compile (GPU preset)
 
 Steady-state pairs/s are timed between step boundaries after warm-up steps (with a device
@@ -284,6 +286,7 @@ def worker(system: str, spec: Spec) -> dict:
             "qa_lib": run_qa_lib,
             "qa_lib-noecho": lambda *a: run_qa_lib(*a, echo=False),
             "qa_lib-fp32": lambda *a: run_qa_lib(*a, precision="fp32"),
+            "qa_lib-noecho-fp32": lambda *a: run_qa_lib(*a, echo=False, precision="fp32"),
             "qa_lib-compile": lambda *a: run_qa_lib(*a, compile=True),
             "qa_lib-noecho-compile": lambda *a: run_qa_lib(*a, echo=False, compile=True),
         }[system]
@@ -311,7 +314,8 @@ def flops_per_pair(spec: Spec, echo: bool) -> float:
         return 6 * n_weights * t + 12 * layers * d * t * t
 
     total = per_sequence(spec.max_q_len) + per_sequence(spec.max_a_len)
-    return total + (per_sequence(spec.max_q_len) / 3 if echo else 0.0)  # echoes: forward only
+    # the detector's texts (echo + one view per pair): forward only (1/3), half the layers (1/2)
+    return total + (2 * per_sequence(spec.max_q_len) / 6 if echo else 0.0)
 
 
 def matmul_tflops() -> float:

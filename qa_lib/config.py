@@ -86,8 +86,8 @@ class TrainConfig:
     seed: int = 0  # seeds data order, dropout and any random init
     max_steps: int | None = None  # stop after this many optimiser steps (None = all epochs)
     checkpoint_every: int | None = None  # also checkpoint every N steps; None = epoch ends only
-    answer_chunks: int | None = None  # length-sorted chunks per batch of answers; None = 4 on
-    # CPU (less padding computed), 1 on CUDA (fewer kernel launches)
+    answer_chunks: int | None = None  # length-sorted chunks per batch of answers (and of the
+    # detector's texts); None = 4 on CPU (less padding computed), 1 on CUDA (fewer launches)
     grad_cache_chunk: int | None = None  # gradient caching: rows per forward pass (None = off)
     compile: bool = False  # torch.compile the towers (pays off on GPU for long runs)
     precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware

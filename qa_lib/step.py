@@ -117,8 +117,14 @@ def detector_columns(model, data: TokenizedPairs, idx: list[int], config: TrainC
         labels += data.view_is_question[idx].tolist()
     if not tokens:
         return None
-    column = model.flag_columns(collate(tokens, data.pad_id))
+    column = embed_in_chunks(model.flag_columns, tokens, data.pad_id, chunk_count(model, config))
     return column, torch.tensor(labels, dtype=torch.bool, device=column.device)
+
+
+def chunk_count(model, config: TrainConfig) -> int:
+    """Length-sorted chunks per batch of texts: ``config.answer_chunks``, else 4 on CPU (less
+    padding) and 1 on CUDA (fewer launches)."""
+    return config.answer_chunks or (1 if model.device.type == "cuda" else 4)
 
 
 def plain_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig) -> torch.Tensor:
@@ -128,9 +134,10 @@ def plain_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig)
     with autocast(model.device, config.precision):
         q_batch = collate([data.q_tokens[i] for i in idx], data.pad_id)
         q_emb = model.embed_questions(q_batch)
-        chunks = config.answer_chunks or (1 if model.device.type == "cuda" else 4)
         a_tokens = [data.a_tokens[i] for i in rows]
-        a_emb = embed_in_chunks(model.embed_answers, a_tokens, data.pad_id, chunks)
+        a_emb = embed_in_chunks(
+            model.embed_answers, a_tokens, data.pad_id, chunk_count(model, config)
+        )
         echo_emb = model.embed_answers(q_batch) if echo_w > 0 else None
         keys = data.answer_keys[rows].to(model.device)
         detector = detector_columns(model, data, idx, config)
