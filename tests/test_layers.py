@@ -22,7 +22,7 @@ LAYERS = (
     ("evaluate", "step"),
     ("train",),
     ("experiments", "reporting", "plotting"),
-    ("cli",),
+    ("cli", "course"),
 )
 ENTRY_POINTS = ("__init__", "__main__")  # they sit above every layer
 LAYER_OF = {name: depth for depth, names in enumerate(LAYERS) for name in names}
