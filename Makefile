@@ -47,6 +47,11 @@ notebooks: $(STAMP)
 		QA_RUN_MODE=full QA_PROGRESS=0 $(BIN)/papermill notebooks/$$nb.ipynb $(NB_OUT)/$$nb.ipynb -k python3 || exit 1; \
 	done
 
+# The course as Colab runs it (tests/test_colab.py, minutes): a fresh venv, torch, a non-editable
+# install of "qa_lib[course]" from this checkout, every notebook in smoke mode outside the repo.
+colab-check: $(STAMP)
+	TORCH="$(TORCH)" $(BIN)/python -m pytest -m slow tests/test_colab.py
+
 # After changing [project.urls] Repository in pyproject.toml: rewrite the notebooks' Colab badges
 # and install cells and the README's badges to match (tests/test_repo_url.py checks them).
 repo-url:
