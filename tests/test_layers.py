@@ -21,7 +21,7 @@ LAYERS = (
     ("encoders", "hybrid", "gradcache", "negatives"),
     ("evaluate", "step"),
     ("train",),
-    ("experiments", "reporting", "plotting"),
+    ("experiments", "reporting", "plotting", "diagrams"),
     ("cli", "course"),
 )
 ENTRY_POINTS = ("__init__", "__main__")  # they sit above every layer
