@@ -219,3 +219,20 @@ def test_evaluation_notebook_records_the_comparison_and_the_study(smoke_results)
     # a shared cosine encoder scores each question's echo at 1.0: it can never pass
     assert r["tied_trained"]["question_echo_rate"] == 1.0
     assert r["tied_trained"]["recall@1_with_echo"] == 0.0
+
+
+@pytest.mark.parametrize("name", COURSE[:3])
+def test_every_exercise_has_a_collapsed_worked_solution(name):
+    cells = _load(name)["cells"]
+    exercises = next("".join(c["source"]) for c in cells if "## Exercises" in "".join(c["source"]))
+    numbered = re.findall(r"^(\d+)\. ", exercises.split("## Exercises", 1)[1], re.MULTILINE)
+    solutions = [c for c in cells if "solution" in c["metadata"].get("tags", [])]
+    titles = ["".join(c["source"]).splitlines()[0] for c in solutions]
+    assert numbered and titles == [
+        f"#@title Solution {n}: " + t.split(": ", 1)[1] for n, t in zip(numbered, titles)
+    ], (numbered, titles)
+    for cell in solutions:  # hidden in JupyterLab, a form in Colab, and code that runs
+        assert cell["cell_type"] == "code" and cell["metadata"]["jupyter"]["source_hidden"]
+        assert cell["metadata"]["cellView"] == "form"
+        assert len("".join(cell["source"]).splitlines()) > 2
+    assert cells.index(solutions[-1]) < len(cells) - 1  # the results cell stays last
