@@ -78,10 +78,15 @@ def _load_model(spec: str | None, seed: int = 0) -> DualEncoder:
 
 
 def _save_plots(out: Path, history, baseline: dict | None) -> list[str]:
-    save_figure(plot_loss(history.step_loss, history.chance_loss), out / "loss.png")
+    per_epoch = history.epochs[0]["steps"] if history.epochs else None
+    loss = plot_loss(history.step_loss, history.chance_loss, steps_per_epoch=per_epoch)
+    save_figure(loss, out / "loss.png")
     names = ["loss.png"]
     if history.epochs and "recall@1" in history.epochs[0]:
-        save_figure(plot_epoch_metrics(history.epochs, baseline=baseline), out / "validation.png")
+        keys = ("recall@1", "mrr@10", "question_echo_rate")
+        best = history.best_epoch
+        epochs = plot_epoch_metrics(history.epochs, keys, baseline=baseline, best_epoch=best)
+        save_figure(epochs, out / "validation.png")
         names.append("validation.png")
     return names
 
@@ -160,13 +165,14 @@ def cmd_quickstart(args) -> dict:
     print(f"data: {len(train)} train / {len(val)} validation / {len(test)} test pairs ({cleaning})")
     model = DualEncoder.from_config(_encoder_config(args), seed=args.seed)
     before, demo_before = evaluate(model, test, progress=not args.quiet), demo_scores(model)
+    val_before = evaluate(model, val)  # validation.png's epoch 0: the same split as the epochs
     config = _train_config(args)
     history = fit(model, train, val, config, out_dir=out, progress=not args.quiet)
     model = DualEncoder.load(out / "best")
     after, demo_after = evaluate(model, test, progress=not args.quiet), demo_scores(model)
     results = {"untrained": before, "trained": after}
     _print_quickstart(results, demo_before, demo_after)
-    plots = _save_plots(out, history, before)
+    plots = _save_plots(out, history, val_before)
     bars = plot_metric_bars(results, chance=after["chance_recall@1"])
     save_figure(bars, out / "test_metrics.png")
     record = {

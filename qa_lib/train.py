@@ -148,8 +148,16 @@ def fit(
     elif out_dir is not None:
         clear_checkpoints(out_dir)
     groups = train.groups if config.group_batches else None
+    # leave=False: the finished bar is cleared (callers print a summary); mininterval: a text bar
+    # (no ipywidgets, or a headless run) writes at most every 2 s, not once per step
     bar = tqdm(
-        total=loop.total, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True
+        total=loop.total,
+        initial=run.step,
+        desc="train",
+        disable=not progress,
+        dynamic_ncols=True,
+        leave=False,
+        mininterval=2.0,
     )
     while run.epoch < config.num_epochs and run.step < loop.total:
         run.batches = run.batches or epoch_batches(
@@ -209,7 +217,8 @@ def _run_epoch(loop: Loop, run: RunState, history: History, bar) -> None:
         bar.update()
         if run.losses:
             recent = run.losses[-20:]
-            bar.set_postfix(epoch=run.epoch + 1, loss=f"{sum(recent) / len(recent):.3f}")
+            running = f"{sum(recent) / len(recent):.3f}"
+            bar.set_postfix(epoch=run.epoch + 1, loss=running, refresh=False)  # at the next draw
         if due:
             _save_checkpoint(loop, run, history)
     if loop.pending:

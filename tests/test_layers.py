@@ -21,8 +21,8 @@ LAYERS = (
     ("encoders", "hybrid", "gradcache", "negatives"),
     ("evaluate", "step"),
     ("train",),
-    ("experiments", "reporting", "plotting"),
-    ("cli",),
+    ("experiments", "reporting", "plotting", "diagrams"),
+    ("cli", "course"),
 )
 ENTRY_POINTS = ("__init__", "__main__")  # they sit above every layer
 LAYER_OF = {name: depth for depth, names in enumerate(LAYERS) for name in names}
