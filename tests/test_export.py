@@ -78,7 +78,7 @@ def test_the_folder_is_sentence_transformers_router_layout(tiny_config, tmp_path
     router = json.loads((out / "router_config.json").read_text())
     assert router["parameters"]["default_route"] == "document"
     assert set(router["structure"]) == {"query", "document"}
-    for route, names in router["structure"].items():
+    for names in router["structure"].values():
         assert [n.split("_")[-1] for n in names] == ["Transformer", "Pooling", "Dense"]
         assert all(
             (out / n).is_dir() and router["types"][n].startswith("sentence_transformers.models.")
