@@ -1,4 +1,4 @@
-"""Command line (README, notebook 04): ``python -m qa_lib {quickstart,train,evaluate,demo}``.
+"""Command line (README, notebook 04): ``python -m qa_lib {quickstart,train,evaluate,demo,export}``.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2.
 """
@@ -15,7 +15,8 @@ from qa_lib.config import EncoderConfig, TrainConfig
 from qa_lib.data import load_pairs
 from qa_lib.encoders import DualEncoder
 from qa_lib.errors import QAError
-from qa_lib.evaluate import demo_scores, evaluate
+from qa_lib.evaluate import demo_scores, evaluate, rank_candidates
+from qa_lib.export import FORMATS, export_model
 from qa_lib.files import write_json
 from qa_lib.hybrid import tune_lexical_weight
 from qa_lib.plotting import plot_epoch_metrics, plot_loss, plot_metric_bars, save_figure
@@ -23,6 +24,7 @@ from qa_lib.reporting import format_demo, format_table, run_record
 from qa_lib.runtime import PRECISIONS
 from qa_lib.saving import is_model_folder
 from qa_lib.train import fit
+from qa_lib.trec import RUN_DEPTH, write_qrels, write_run
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -70,10 +72,33 @@ def _train_config(args) -> TrainConfig:
     )
 
 
+def model_folder(spec: str) -> Path | None:
+    """The saved dual encoder that ``spec`` names: a model folder, or a training run's ``best/``.
+
+    Returns:
+        The model folder; None when ``spec`` is neither (a model name or backbone folder).
+
+    Raises:
+        QAError: ``spec`` is a training run's folder without a complete ``best/`` model.
+    """
+    folder = Path(spec).expanduser()
+    if is_model_folder(folder):
+        return folder
+    if is_model_folder(folder / "best"):
+        return folder / "best"
+    if (folder / "metrics.json").is_file() or (folder / "checkpoints").is_dir():
+        raise QAError(
+            f"{folder}: a training run without a complete best/ model (still running, or "
+            f"interrupted); finish it with 'qa_lib train ... --resume', or pass {folder}/last"
+        )
+    return None
+
+
 def _load_model(spec: str | None, seed: int = 0) -> DualEncoder:
-    """A saved dual encoder folder, or a model name/folder for untrained towers."""
-    if spec and is_model_folder(spec):
-        return DualEncoder.load(spec)
+    """A saved dual encoder (its folder or its run's), or a model name for untrained towers."""
+    folder = model_folder(spec) if spec else None
+    if folder is not None:
+        return DualEncoder.load(folder)
     return DualEncoder.from_config(EncoderConfig(model=spec), seed=seed)
 
 
@@ -145,7 +170,34 @@ def cmd_evaluate(args) -> dict:
     print(format_table({name + (f" + BM25 (weight {weight})" if weight else ""): metrics}))
     if args.json:
         write_json(args.json, metrics)
+    if args.run_file or args.qrels_file:
+        _write_trec(args, model, pairs, weight)
     return metrics
+
+
+def _write_trec(args, model, pairs, weight: float) -> None:
+    """The ranking (top 100 per question) and the relevance judgements as TREC files."""
+    task, ranking = rank_candidates(model, pairs, RUN_DEPTH, lexical_weight=weight)
+    if args.run_file:
+        write_run(args.run_file, ranking, args.run_tag)
+        print(f"wrote the TREC run ({len(ranking)} questions, top {RUN_DEPTH}) to {args.run_file}")
+    if args.qrels_file:
+        write_qrels(args.qrels_file, task.relevant)
+        print(f"wrote the TREC qrels to {args.qrels_file}")
+
+
+def cmd_export(args) -> dict:
+    """Write a saved model (or a run's best/) as a sentence-transformers or DPR folder."""
+    folder = model_folder(args.model)
+    if folder is None:
+        raise QAError(f"--model {args.model}: no saved dual encoder or training run here")
+    out = Path(args.out)
+    _check_out_dir(out, args.overwrite)
+    exported = export_model(folder, out, args.format)
+    print(f"exported {folder} as {args.format} to {out} (model card: {out / 'README.md'})")
+    for item in exported.lost:
+        print(f"lost: {item}")
+    return {"folder": str(out), "format": args.format, "lost": exported.lost}
 
 
 def cmd_demo(args) -> list:
@@ -308,7 +360,9 @@ def _add_train_parser(sub) -> None:
 
 def _add_evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="held-out metrics for a model")
-    p.add_argument("--model", default=None, help="saved model folder, or a model name/folder")
+    p.add_argument(
+        "--model", default=None, help="saved model folder, a training run's --out, or a model name"
+    )
     p.add_argument("--data", default="default")
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0)
@@ -326,7 +380,19 @@ def _add_evaluate_parser(sub) -> None:
         metavar="SPLIT",
         help="choose --lexical-weight by MRR@10 on this split (e.g. validation), never the test",
     )
+    p.add_argument("--run-file", default=None, help="write the ranking as a TREC run file")
+    p.add_argument("--qrels-file", default=None, help="write the relevant answers as TREC qrels")
+    p.add_argument("--run-tag", default="qa_lib", help="the run file's last column")
     p.set_defaults(func=cmd_evaluate)
+
+
+def _add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a model for sentence-transformers or DPR")
+    p.add_argument("--model", required=True, help="saved model folder, or a training run's --out")
+    p.add_argument("--format", choices=FORMATS, default="sentence-transformers")
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
+    p.set_defaults(func=cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,8 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quickstart, epochs=5)
     _add_train_parser(sub)
     _add_evaluate_parser(sub)
+    _add_export_parser(sub)
     p = sub.add_parser("demo", help="the lesson's demo: question, answer, Donald Duck")
-    p.add_argument("--model", default=None, help="saved model folder, or a model name/folder")
+    p.add_argument(
+        "--model", default=None, help="saved model folder, a training run's --out, or a model name"
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

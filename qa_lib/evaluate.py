@@ -17,8 +17,16 @@ from qa_lib.config import DEMO_ANSWER, DEMO_DISTRACTOR, DEMO_QUESTION
 from qa_lib.data import Pairs
 from qa_lib.errors import QAError
 from qa_lib.hybrid import fuse
-from qa_lib.metrics import beats, best_relevant, build_task, echo_outcomes, summarize
+from qa_lib.metrics import (
+    RetrievalTask,
+    beats,
+    best_relevant,
+    build_task,
+    echo_outcomes,
+    summarize,
+)
 from qa_lib.question_flag import flag_column, flag_rate
+from qa_lib.trec import RUN_DEPTH, top_candidates
 
 EVAL_CHUNK = 1024  # questions scored at once: bounded memory for large pools
 ECHO_FILTERS = ("exact", "rule")  # the obvious alternatives to a learned flag (see echo_filter)
@@ -92,6 +100,39 @@ def evaluate(
         **{"chance_recall@1": task.chance_recall_at_1},
     )
     return metrics
+
+
+def rank_candidates(
+    model,
+    pairs: Pairs,
+    depth: int = RUN_DEPTH,
+    batch_size: int = 64,
+    progress: bool = False,
+    lexical_weight: float = 0.0,
+    echo_filter: str | None = None,
+) -> tuple[RetrievalTask, list[list[tuple[int, float]]]]:
+    """Each held-out question's best candidates, scored exactly as :func:`evaluate` scores them.
+
+    For TREC run files (:mod:`qa_lib.trec`); the arguments are those of :func:`evaluate`.
+
+    Returns:
+        ``(task, ranking)``: the questions, pool and relevant candidates, and per question its
+        ``depth`` best ``(candidate index, score)`` pairs (:func:`qa_lib.trec.top_candidates`).
+    """
+    if echo_filter not in (None, *ECHO_FILTERS):
+        raise QAError(f"unknown echo filter {echo_filter!r}: use one of {ECHO_FILTERS} or None")
+    task = build_task(pairs)
+    embeddings = (
+        model.encode_questions(task.questions, batch_size, progress),
+        model.encode_answers(task.candidates, batch_size, progress),
+        model.encode_answers(task.questions, batch_size, progress),
+    )
+    ranking = []
+    for start in range(0, len(task.questions), EVAL_CHUNK):
+        rows = slice(start, start + EVAL_CHUNK)
+        scores = _chunk_scores(model, task, rows, embeddings, lexical_weight, echo_filter)[0]
+        ranking.extend(top_candidates(scores, depth))
+    return task, ranking
 
 
 def _chunk_scores(model, task, rows: slice, embeddings, weight: float, echo_filter):

@@ -17,12 +17,12 @@ LAYERS = (
     ("errors",),  # support
     ("config", "files", "runtime"),
     ("data", "hub", "checkpoint", "batching", "losses", "question_flag", "bm25", "optim"),
-    ("inference", "saving", "metrics"),  # the parts of a model and of its measurement
+    ("inference", "saving", "metrics", "trec"),  # the parts of a model and of its measurement
     ("encoders", "hybrid", "gradcache", "negatives"),
-    ("evaluate", "step"),
+    ("evaluate", "step", "export"),
     ("train",),
     ("experiments", "reporting", "plotting", "diagrams"),
-    ("cli", "course"),
+    ("cli", "course", "explore"),
 )
 ENTRY_POINTS = ("__init__", "__main__")  # they sit above every layer
 LAYER_OF = {name: depth for depth, names in enumerate(LAYERS) for name in names}
