@@ -3,13 +3,26 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import shared_file
 
 from qa_lib.config import DEMO_QUESTION
-from qa_lib.data import assign_splits, clean_pairs, load_pairs, read_pairs, split_pairs
+from qa_lib.data import (
+    assign_splits,
+    clean_pairs,
+    default_data_path,
+    load_pairs,
+    read_pairs,
+    split_pairs,
+)
 from qa_lib.errors import QAError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _norm(text: str) -> str:
@@ -38,6 +51,28 @@ def test_default_split_is_fixed_and_holds_the_demo_question(default_splits):
     assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
     # the labels are in the file: another seed changes nothing
     assert load_pairs("default", "test", seed=123).questions == default_splits["test"].questions
+
+
+def test_every_topic_has_confusers_in_test_and_a_validation_pair(default_splits):
+    # the pool of the test split holds at least two answers of each topic (one entity, or one
+    # theme), so a test question must be told apart from its own topic's other answers
+    for split, least in (("test", 2), ("validation", 1)):
+        counts = Counter(default_splits[split].groups)
+        assert min(counts[g] for g in set(read_pairs("default").groups)) >= least, split
+
+
+def test_embedded_file_is_what_its_script_writes(tmp_path):
+    # the aspect pairs live in benchmarks/aspect_pairs.tsv; the jsonl is the script's fixed output
+    script = ROOT / "benchmarks" / "make_default_pairs.py"
+    check = [sys.executable, str(script), "--check"]
+    assert subprocess.run(check, capture_output=True, cwd=ROOT).returncode == 0
+    stale = tmp_path / "pairs.jsonl"
+    lines = default_data_path().read_text(encoding="utf-8").splitlines()
+    stale.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # one aspect row lost
+    result = subprocess.run([*check, "--path", str(stale)], capture_output=True, text=True)
+    assert result.returncode == 1 and "stale" in result.stdout
+    subprocess.run(check[:2] + ["--path", str(stale)], check=True, capture_output=True)
+    assert stale.read_bytes() == default_data_path().read_bytes()
 
 
 # ----------------------------------------------------------------------------- formats

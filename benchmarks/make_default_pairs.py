@@ -1,0 +1,100 @@
+"""Write the aspect pairs into the embedded dataset (README "The embedded dataset").
+
+``qa_lib/embedded/default_pairs.jsonl`` holds the original 603 factoid pairs (32 topics) and the
+aspect pairs of ``benchmarks/aspect_pairs.tsv``, written for this project: entities (diseases,
+elements, landmarks, scientists, countries, rivers) with 7-8 questions each, told apart only by
+the aspect asked (cause / treatment / date / place ...), every answer naming its entity, as
+MedQuAD's answers do. The TSV's columns are ``group entity aspect question answer``; the entity
+becomes the row's ``topic``. This script keeps the original rows as they are, drops any earlier
+aspect rows, and appends the aspect pairs with their fixed split, so running it twice gives the
+same file byte for byte:
+
+    python benchmarks/make_default_pairs.py            # rewrite the file
+    python benchmarks/make_default_pairs.py --check    # exit 1 if the file is not up to date
+
+Split rule (``aspect_splits``): within each entity a shuffle seeded by the entity's name puts
+``TEST_PER_ENTITY`` pairs in test, one in validation and the rest in train, so every test
+question meets its entity's other test answers (told apart only by the aspect) in the pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FILE = HERE.parent / "qa_lib" / "embedded" / "default_pairs.jsonl"
+ASPECTS = HERE / "aspect_pairs.tsv"
+SEED = 13  # the seed of the original topics' split
+TEST_PER_ENTITY = 2  # test pairs per entity (about 20-30% of its 7-8 aspects)
+VALIDATION_PER_ENTITY = 1  # validation pairs per entity
+
+
+def aspect_splits(entity: str, n: int, seed: int = SEED) -> list[str]:
+    """One split per aspect of an entity: a seeded shuffle, then test, validation, train."""
+    order = list(range(n))
+    random.Random(f"{seed}:{entity}").shuffle(order)
+    n_test, n_val = TEST_PER_ENTITY, VALIDATION_PER_ENTITY
+    labels = ["test"] * n_test + ["validation"] * n_val + ["train"] * (n - n_test - n_val)
+    splits = [""] * n
+    for label, row in zip(labels, order):
+        splits[row] = label
+    return splits
+
+
+def read_aspects(path: Path = ASPECTS) -> dict[str, list[dict[str, str]]]:
+    """The aspect pairs, entity by entity, in the TSV's order."""
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    entities: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        entities.setdefault(row["entity"], []).append(row)
+    return entities
+
+
+def aspect_rows(seed: int = SEED) -> list[dict[str, str]]:
+    """Every aspect pair as a row of the embedded file, entity by entity."""
+    rows = []
+    for entity, items in read_aspects().items():
+        for item, split in zip(items, aspect_splits(entity, len(items), seed)):
+            rows.append(
+                {
+                    "question": item["question"],
+                    "answer": item["answer"],
+                    "topic": entity,
+                    "split": split,
+                }
+            )
+    return rows
+
+
+def build_text(current: str) -> str:
+    """The file's new text: its rows that are not aspect rows, then the aspect rows."""
+    rows = aspect_rows()
+    entities = {row["topic"] for row in rows}
+    kept = [line for line in current.splitlines() if json.loads(line)["topic"] not in entities]
+    new = [json.dumps(row, ensure_ascii=False) for row in rows]
+    return "\n".join(kept + new) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--path", type=Path, default=FILE)
+    parser.add_argument("--check", action="store_true", help="only check that it is up to date")
+    args = parser.parse_args(argv)
+    current = args.path.read_text(encoding="utf-8")
+    text = build_text(current)
+    if args.check:
+        print("up to date" if text == current else f"{args.path} is stale: rerun without --check")
+        return 0 if text == current else 1
+    args.path.write_text(text, encoding="utf-8")
+    print(f"wrote {args.path}: {text.count(chr(10))} rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
