@@ -19,7 +19,7 @@ LAYERS = (
     ("data", "hub", "checkpoint", "batching", "losses", "question_flag", "bm25", "optim"),
     ("inference", "saving", "metrics"),  # the parts of a model and of its measurement
     ("encoders", "hybrid", "gradcache", "negatives"),
-    ("evaluate", "step"),
+    ("evaluate", "step", "index"),
     ("train",),
     ("experiments", "reporting", "plotting"),
     ("cli",),
