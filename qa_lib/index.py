@@ -45,7 +45,7 @@ MANIFEST = "manifest.json"  # written last: its presence marks a complete index
 CHUNK_SIZE = 4096  # passages encoded and added at a time: memory for one chunk, not the pool
 RECALL_QUERIES = 1000  # questions of the data on which approximate kinds measure recall@10
 HNSW_M = 32  # graph neighbours per node
-HNSW_EF_CONSTRUCTION = 80  # candidates kept while inserting (build time vs graph quality)
+HNSW_EF_CONSTRUCTION = 40  # candidates kept while inserting (faiss's default: build time)
 HNSW_EF_SEARCH = 64  # candidates kept while searching (speed vs recall)
 IVF_TRAIN_PER_LIST = 64  # k-means training vectors per inverted list
 
@@ -112,11 +112,12 @@ def encode_pool(
     return vectors
 
 
-def _params(kind: str, n: int) -> dict:
+def default_params(kind: str, n: int) -> dict:
+    """The build and search settings of ``kind`` for ``n`` passages (HNSW: graph; IVF: lists)."""
     if kind == "hnsw":
         return {"M": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH}
     if kind == "ivf":
-        nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))  # faiss wants 39 points per list
+        nlist = max(1, min(round(math.sqrt(n)), n // 39))  # faiss wants 39 points per list
         return {"nlist": nlist, "nprobe": max(1, math.ceil(math.sqrt(nlist)))}
     return {}
 
@@ -189,7 +190,7 @@ def _measure_recall(index, vectors, model, queries, params, k: int = 10) -> dict
         return {}
     q_emb = model.encode_questions(queries).numpy()
     k = min(k, len(vectors))
-    _configure(index, params)
+    configure_search(index, params)
     found = index.search(np.ascontiguousarray(q_emb, dtype=np.float32), k)[1]
     exact = exact_top_k(vectors, q_emb, k)[1]
     return {f"recall@{k}_vs_flat": recall_against_exact(found, exact), "recall_queries": len(q_emb)}
@@ -267,7 +268,7 @@ def build_index(
         vectors = encode_pool(
             model, texts, tmp / "vectors.npy", dtype, chunk_size, batch_size, progress
         )
-        params = _params(kind, len(texts))
+        params = default_params(kind, len(texts))
         index = fill_index(new_index(kind, model.dim, params), vectors, chunk_size, seed)
         _faiss().write_index(index, str(tmp / "index.faiss"))
         write_passages(tmp, texts, ids)
@@ -328,7 +329,8 @@ def read_manifest(index_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def _configure(index, params: dict) -> None:
+def configure_search(index, params: dict) -> None:
+    """Set an index's search-time knobs from ``params`` (HNSW ``ef_search``, IVF ``nprobe``)."""
     if "ef_search" in params:
         index.hnsw.efSearch = params["ef_search"]
     if "nprobe" in params:
@@ -433,7 +435,7 @@ def open_index(
     index = _faiss().read_index(str(folder / "index.faiss"))
     params = dict(manifest["params"])
     params.update({k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v})
-    _configure(index, params)
+    configure_search(index, params)
     return SearchIndex(
         folder, {**manifest, "params": params}, _on_gpu(index, manifest["kind"]), model
     )
