@@ -67,7 +67,7 @@ def model_fingerprint(model) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
+        digest.update(flat.view(torch.uint8).numpy())  # the bytes, without a copy
     return digest.hexdigest()[:16]
 
 
@@ -427,9 +427,10 @@ def open_index(
     if model is None:
         model = open_model(record["spec"], record["seed"])
     if model_fingerprint(model) != record["fingerprint"]:
+        source = record["spec"] or "the packaged MiniLM, or a model passed in memory"
         raise QAError(
-            f"{folder}: this index was built with another model ({record['spec'] or 'MiniLM'}, "
-            f"fingerprint {record['fingerprint']}); search with that model, or rebuild the "
+            f"{folder}: this index was built with another model (fingerprint "
+            f"{record['fingerprint']}, from {source}); search with that model, or rebuild the "
             f"index with 'python -m qa_lib index --model ...'"
         )
     index = _faiss().read_index(str(folder / "index.faiss"))
