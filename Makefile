@@ -9,7 +9,8 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= runs/demo
 NB_OUT ?= runs/notebooks
-COURSE := 01_data_loading 02_encoder_setup 03_contrastive_loss 04_training 05_similarity_evaluation
+COURSE := 01_data_loading 02_encoder_setup 03_contrastive_loss 04_training 05_similarity_evaluation \
+          06_search_at_scale
 
 # Every default works offline: the pretrained towers ship as a Python package.
 export HF_HUB_OFFLINE ?= 1

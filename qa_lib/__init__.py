@@ -21,6 +21,7 @@ from qa_lib.errors import QAError
 from qa_lib.evaluate import demo_scores, evaluate
 from qa_lib.experiments import VARIANTS, train_variant
 from qa_lib.hybrid import hybrid_scores, tune_lexical_weight
+from qa_lib.index import build_index, open_index, search
 from qa_lib.losses import in_batch_loss
 from qa_lib.metrics import METRIC_KEYS, metrics_from_scores
 from qa_lib.train import History, fit
@@ -33,6 +34,7 @@ __all__ = [
     "History",
     "Pairs",
     "QAError",
+    "build_index",
     "TrainConfig",
     "demo_scores",
     "evaluate",
@@ -41,7 +43,9 @@ __all__ = [
     "in_batch_loss",
     "load_pairs",
     "metrics_from_scores",
+    "open_index",
     "preset",
+    "search",
     "split_pairs",
     "train_variant",
     "tune_lexical_weight",

@@ -1,4 +1,5 @@
-"""Command line (README, notebook 04): ``python -m qa_lib {quickstart,train,evaluate,demo,export}``.
+"""Command line (README, notebooks 04 and 06): ``python -m qa_lib {quickstart,train,evaluate,demo,
+export,index,search}``.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2.
 """
@@ -6,6 +7,7 @@ Errors a user can cause print one line (``error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -19,6 +21,7 @@ from qa_lib.evaluate import demo_scores, evaluate, rank_candidates
 from qa_lib.export import FORMATS, export_model
 from qa_lib.files import write_json
 from qa_lib.hybrid import tune_lexical_weight
+from qa_lib.index import DTYPES, KINDS, index_pairs, open_index, open_model
 from qa_lib.plotting import plot_epoch_metrics, plot_loss, plot_metric_bars, save_figure
 from qa_lib.reporting import format_demo, format_table, run_record
 from qa_lib.runtime import PRECISIONS
@@ -395,6 +398,100 @@ def _add_export_parser(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+# ----------------------------------------------------------------------------- index and search
+
+
+def cmd_index(args) -> dict:
+    """Encode ``--data``'s candidate pool into a FAISS index folder ``--out``."""
+    pairs = load_pairs(args.data, None if args.split == "all" else args.split, seed=args.seed)
+    model = open_model(args.model, seed=args.seed)
+    manifest = index_pairs(
+        model,
+        pairs,
+        args.out,
+        kind=args.kind,
+        dtype=args.dtype,
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+        model_spec=args.model,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    recall = manifest.get("recall@10_vs_flat")
+    quality = "exact" if args.kind == "flat" else "no questions to measure recall on"
+    if recall is not None:
+        quality = f"recall@10 against flat {recall:.3f} on {manifest['recall_queries']} questions"
+    print(
+        f"indexed {manifest['count']} passages ({args.kind}, {manifest['dim']}-d {args.dtype}; "
+        f"{quality}) in {manifest['build_seconds']:.1f} s: {args.out}"
+    )
+    return manifest
+
+
+def _read_queries(args) -> list[str]:
+    if args.query is not None:
+        return [args.query]
+    path = Path(args.queries)
+    if not path.is_file():
+        raise QAError(f"--queries {path}: no such file; give a text file with one query per line")
+    queries = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    queries = [q for q in queries if q]
+    if not queries:
+        raise QAError(f"--queries {path}: the file holds no queries; write one query per line")
+    return queries
+
+
+def cmd_search(args) -> list[dict]:
+    """Rank an index's passages for ``--query`` or each line of ``--queries``."""
+    if args.k <= 0:
+        raise QAError(f"-k {args.k}: give 1 or more results per query")
+    queries = _read_queries(args)
+    model = open_model(args.model) if args.model else None
+    index = open_index(args.index, model, nprobe=args.nprobe, ef_search=args.ef_search)
+    found = index.search(queries, args.k)
+    for item in found:
+        if args.json:
+            print(json.dumps(item))
+            continue
+        print(f"query: {item['query']}")
+        for hit in item["results"]:
+            text = hit["text"] if len(hit["text"]) <= 90 else hit["text"][:87] + "..."
+            print(f"  {hit['rank']:3d}  {hit['score']:7.3f}  [{hit['id']}]  {text}")
+    return found
+
+
+def _add_index_parser(sub) -> None:
+    p = sub.add_parser("index", help="encode a passage pool into a FAISS index")
+    p.add_argument("--model", default=None, help="saved model folder, or a model name/folder")
+    p.add_argument("--data", required=True, help="file, folder, hub id, or 'default'")
+    p.add_argument("--split", default="all", help="rows whose answers are indexed (default: all)")
+    p.add_argument("--out", required=True, help="the index folder")
+    p.add_argument("--kind", choices=KINDS, default="flat", help="flat = exact; hnsw, ivf = ANN")
+    p.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="stored vectors (float16: flat inexact)"
+    )
+    p.add_argument("--chunk-size", type=int, default=4096, help="passages encoded at a time")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(func=cmd_index)
+
+
+def _add_search_parser(sub) -> None:
+    p = sub.add_parser("search", help="rank an index's passages for queries")
+    p.add_argument("--index", required=True, help="a folder written by 'qa_lib index'")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--query", default=None, help="one query")
+    which.add_argument("--queries", default=None, help="a text file, one query per line")
+    p.add_argument("-k", type=int, default=10, help="results per query")
+    p.add_argument("--json", action="store_true", help="one JSON object per query")
+    p.add_argument("--model", default=None, help="the model that built the index (checked)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF: lists visited per query")
+    p.add_argument("--ef-search", type=int, default=None, help="HNSW: candidates kept")
+    p.set_defaults(func=cmd_search)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qa_lib", description=__doc__.splitlines()[0])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -413,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default=None, help="saved model folder, a training run's --out, or a model name"
     )
     p.set_defaults(func=cmd_demo)
+    _add_index_parser(sub)
+    _add_search_parser(sub)
     return parser
 
 

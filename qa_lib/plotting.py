@@ -1,4 +1,4 @@
-"""Small figures for the notebooks (01-05) and the CLI; each function returns a Figure."""
+"""Small figures for the notebooks (01-06) and the CLI; each function returns a Figure."""
 
 from __future__ import annotations
 
@@ -319,4 +319,68 @@ def plot_embedding_pca(panels: Mapping[str, tuple], links: int = 20):
             ylabel=f"PC2 ({share[1]:.0%})",
         )
         ax.legend(fontsize=7)
+    return fig
+
+
+def gathered_roles(n_devices: int, local_batch: int) -> np.ndarray:
+    """What each cell of the all-gathered score matrix is, seen from the questions' device.
+
+    Returns:
+        2 for a question's own answer (the diagonal), 1 for a negative from the question's own
+        device (what one device alone would see), 0 for a negative gathered from another
+        device. Shape (n_devices * local_batch, n_devices * local_batch).
+    """
+    device = np.arange(n_devices * local_batch) // local_batch
+    roles = (device[:, None] == device[None, :]).astype(int)
+    np.fill_diagonal(roles, 2)
+    return roles
+
+
+def plot_gathered_negatives(n_devices: int = 2, local_batch: int = 4, device: int = 0, scores=None):
+    """All-gathered negatives: every device scores its questions against every device's answers.
+
+    Each device holds ``local_batch`` question-answer pairs; the answers are all-gathered, so the
+    score matrix is (N B) x (N B) and each question has N B - 1 negatives instead of B - 1. The
+    rows of ``device`` (the ones it computes the loss for) are outlined.
+
+    Args:
+        n_devices: N, the number of devices (processes).
+        local_batch: B, pairs per device.
+        device: whose rows to outline.
+        scores: the matrix to show; None = the roles of :func:`gathered_roles`.
+
+    Returns:
+        The figure.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch, Rectangle
+
+    n = n_devices * local_batch
+    fig, ax = _figure((4.6, 3.6))
+    if scores is None:
+        colours = ["#c6dbef", "#6baed6", "#08306b"]
+        ax.imshow(
+            gathered_roles(n_devices, local_batch), cmap=ListedColormap(colours), vmin=0, vmax=2
+        )
+        names = ("gathered negative", "local negative", "own answer")
+        handles = [Patch(color=c, label=name) for c, name in zip(colours, names)]
+        ax.legend(handles=handles[::-1], fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1))
+    else:
+        fig.colorbar(ax.imshow(np.asarray(scores), cmap="viridis"), ax=ax, shrink=0.8)
+    for edge in range(local_batch, n, local_batch):  # device boundaries
+        ax.axhline(edge - 0.5, color="white", lw=1.5)
+        ax.axvline(edge - 0.5, color="white", lw=1.5)
+    top = device * local_batch - 0.5
+    box = Rectangle((-0.5, top), n, local_batch, fill=False, ec="tab:red", lw=3, zorder=5)
+    ax.add_patch(box)
+    box.set_clip_on(False)
+    ticks = [d * local_batch + (local_batch - 1) / 2 for d in range(n_devices)]
+    labels = [f"device {d}" for d in range(n_devices)]
+    ax.set_xticks(ticks, labels, fontsize=7)
+    ax.set_yticks(ticks, labels, fontsize=7, rotation=90, va="center")
+    ax.set(
+        xlabel="answers, all-gathered",
+        ylabel="questions (local to each device)",
+        title=f"device {device}: {n - 1} negatives per question, not {local_batch - 1}",
+    )
     return fig

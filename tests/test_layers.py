@@ -19,7 +19,7 @@ LAYERS = (
     ("data", "hub", "checkpoint", "batching", "losses", "question_flag", "bm25", "optim"),
     ("inference", "saving", "metrics", "trec"),  # the parts of a model and of its measurement
     ("encoders", "hybrid", "gradcache", "negatives"),
-    ("evaluate", "step", "export"),
+    ("evaluate", "step", "export", "index"),
     ("train",),
     ("experiments", "reporting", "plotting", "diagrams"),
     ("cli", "course", "explore"),

@@ -33,6 +33,7 @@ COURSE = (
     "03_contrastive_loss",
     "04_training",
     "05_similarity_evaluation",
+    "06_search_at_scale",
 )
 # what `nbstripout --keep-output` removes beyond its defaults (papermill's timing records)
 STRIP_KEYS = "metadata.papermill cell.metadata.papermill cell.metadata.execution"
@@ -53,7 +54,7 @@ def _finite(value) -> bool:
     return True
 
 
-def test_the_course_has_five_notebooks():
+def test_the_course_has_six_notebooks():
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == list(COURSE)
 
 

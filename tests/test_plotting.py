@@ -130,3 +130,17 @@ def test_embedding_pca_shows_the_echoes_and_the_explained_variance():
     echoes = before.collections[2].get_offsets()
     assert np.allclose(echoes, before.collections[0].get_offsets())  # an echo equal to its question
     assert "PC1" in before.get_xlabel()
+
+
+def test_gathered_negatives_figure_marks_roles_and_the_local_rows():
+    from qa_lib.plotting import gathered_roles, plot_gathered_negatives
+
+    roles = gathered_roles(3, 2)
+    assert roles.shape == (6, 6) and (np.diag(roles) == 2).all()
+    assert roles[0, 1] == 1 and roles[0, 2] == 0 and roles[5, 4] == 1  # own device vs gathered
+    assert (roles == 1).sum() == 3 * 2 * 1 and (roles == 0).sum() == 36 - 6 - 6
+    fig = plot_gathered_negatives(3, 2, device=1)
+    ax = fig.axes[0]
+    (box,) = ax.patches
+    assert box.get_xy() == (-0.5, 1.5) and box.get_height() == 2 and box.get_width() == 6
+    assert "5 negatives per question, not 1" in ax.get_title()
