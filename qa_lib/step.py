@@ -4,6 +4,10 @@ Two ways to run the same step, picked by one line in :func:`train_step` (as Teva
 ``GCTrainer if grad_cache else Trainer``): :func:`plain_step` embeds the whole batch at once;
 :func:`cached_step` embeds it chunk by chunk with gradient caching (:mod:`qa_lib.gradcache`).
 Both call :func:`batch_loss`, so their loss and gradients are the same.
+
+Under torchrun (:mod:`qa_lib.distributed`) each process embeds its share of the global batch,
+:func:`gather_batch` all-gathers the embeddings with gradients, every process computes the global
+batch's loss, and :func:`train_step` averages the gradients over the processes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 
 from qa_lib.batching import TokenizedPairs, candidate_rows, collate, embed_in_chunks
 from qa_lib.config import TrainConfig
+from qa_lib.distributed import World, average_gradients, current_world, gather_rows, shard
 from qa_lib.gradcache import cached_loss_backward
 from qa_lib.losses import in_batch_loss
 from qa_lib.question_flag import flag_loss
@@ -107,12 +112,42 @@ def view_columns(model, data: TokenizedPairs, idx: list[int], config: TrainConfi
     return column, data.view_is_question[idx].to(column.device)
 
 
+def gather_batch(data: TokenizedPairs, idx: list[int], world: World, q_emb, a_emb, echo_emb, views):
+    """The global batch's embeddings from every process's share (the identity in one process).
+
+    Each process embedded ``shard(idx)``: its questions, their answers and then their hard
+    negatives (``a_emb``), echoes and form views. The result is ordered as one process would have
+    embedded the whole batch: the questions, the batch's answers, then all hard negatives.
+    Gradients flow back to each process's own rows.
+    """
+    if world.size == 1:
+        return q_emb, a_emb, echo_emb, views
+    shares = [shard(idx, world, rank) for rank in range(world.size)]
+    sizes = [len(s) for s in shares]
+    negatives = [len(candidate_rows(data, s)) - len(s) for s in shares]
+    own = sizes[world.rank]
+    q_emb = gather_rows(q_emb, sizes)
+    answers = [gather_rows(a_emb[:own], sizes)]
+    if sum(negatives):
+        answers.append(gather_rows(a_emb[own:], negatives))
+    a_emb = torch.cat(answers)
+    echo_emb = None if echo_emb is None else gather_rows(echo_emb, sizes)
+    if views is not None:
+        views = gather_rows(views[0], sizes), data.view_is_question[idx].to(q_emb.device)
+    return q_emb, a_emb, echo_emb, views
+
+
 def plain_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig) -> torch.Tensor:
-    """Forward and backward for one batch at once; returns the loss (a tensor, not synced)."""
+    """Forward and backward for one batch at once; returns the loss (a tensor, not synced).
+
+    Under torchrun this process embeds its share of ``idx`` and the loss is the global batch's.
+    """
     flag_w, echo_w = echo_weights(model, config)
-    rows = candidate_rows(data, idx)
+    world = current_world()
+    mine = shard(idx, world)
+    rows = candidate_rows(data, mine)
     with autocast(model.device, config.precision):
-        q_batch = collate([data.q_tokens[i] for i in idx], data.pad_id)
+        q_batch = collate([data.q_tokens[i] for i in mine], data.pad_id)
         q_emb = model.embed_questions(q_batch)
         chunks = config.answer_chunks or (1 if model.device.type == "cuda" else 4)
         a_tokens = [data.a_tokens[i] for i in rows]
@@ -120,30 +155,38 @@ def plain_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig)
         echo_emb = None
         if flag_w > 0 or echo_w > 0:
             echo_emb = model.embed_echoes(q_batch, towers_learn=echo_w > 0)
-        keys = data.answer_keys[rows].to(model.device)
-        views = view_columns(model, data, idx, config)
-        loss = batch_loss(model, config, q_emb, a_emb, keys, echo_emb, views)
+        views = view_columns(model, data, mine, config)
+        gathered = gather_batch(data, idx, world, q_emb, a_emb, echo_emb, views)
+        keys = data.answer_keys[candidate_rows(data, idx)].to(model.device)
+        loss = batch_loss(model, config, *gathered[:2], keys, *gathered[2:])
     loss.backward()
     return loss.detach()
 
 
 def cached_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig) -> torch.Tensor:
     """The same step with gradient caching: activation memory of ``config.grad_cache_chunk``
-    pairs instead of the batch; the same loss and gradients (hard negatives included)."""
+    pairs instead of the batch; the same loss and gradients (hard negatives included).
+
+    Under torchrun this process embeds and replays its share of ``idx``; the loss is computed on
+    the gathered embeddings, so the cached gradients hold every process's part.
+    """
     flag_w, echo_w = echo_weights(model, config)
-    rows = candidate_rows(data, idx)
-    q_tokens = [data.q_tokens[i] for i in idx]
+    world = current_world()
+    mine = shard(idx, world)
+    rows = candidate_rows(data, mine)
+    q_tokens = [data.q_tokens[i] for i in mine]
     embeds = [model.embed_questions, model.embed_answers]
     tokens = [q_tokens, [data.a_tokens[i] for i in rows]]
     if flag_w > 0 or echo_w > 0:
         embeds.append(partial(model.embed_echoes, towers_learn=echo_w > 0))
         tokens.append(q_tokens)
-    keys = data.answer_keys[rows].to(model.device)
+    keys = data.answer_keys[candidate_rows(data, idx)].to(model.device)
     with autocast(model.device, config.precision):
-        views = view_columns(model, data, idx, config)  # no tower gradients: no chunks needed
+        views = view_columns(model, data, mine, config)  # no tower gradients: no chunks needed
 
     def loss_fn(q_emb, a_emb, echo_emb=None):
-        return batch_loss(model, config, q_emb, a_emb, keys, echo_emb, views)
+        gathered = gather_batch(data, idx, world, q_emb, a_emb, echo_emb, views)
+        return batch_loss(model, config, *gathered[:2], keys, *gathered[2:])
 
     def with_autocast(embed):
         def run(batch):
@@ -166,6 +209,10 @@ def train_step(model, data: TokenizedPairs, idx: list[int], config: TrainConfig)
 
     Hard negatives (``data.negatives``) add answer columns after the batch's own answers. With
     ``config.grad_cache_chunk`` smaller than the batch, the step runs with gradient caching.
+    Under torchrun ``idx`` is the global batch; the gradients are then averaged over the
+    processes, so every process holds the single-process gradient of the global batch.
     """
-    cached = config.grad_cache_chunk and config.grad_cache_chunk < len(idx)
-    return (cached_step if cached else plain_step)(model, data, idx, config)
+    cached = config.grad_cache_chunk and config.grad_cache_chunk < len(shard(idx, current_world()))
+    loss = (cached_step if cached else plain_step)(model, data, idx, config)
+    average_gradients(model.parameters(), current_world())
+    return loss
