@@ -15,6 +15,7 @@ from pathlib import Path
 
 from qa_lib.config import EncoderConfig, TrainConfig
 from qa_lib.data import load_pairs
+from qa_lib.distributed import barrier, init_distributed, launched, shutdown
 from qa_lib.encoders import DualEncoder
 from qa_lib.errors import QAError
 from qa_lib.evaluate import demo_scores, evaluate, rank_candidates
@@ -127,9 +128,23 @@ def _splits(args, names=("train", "validation", "test")) -> list:
 
 
 def cmd_train(args) -> dict:
-    """Train on ``--data`` and save best/last models, metrics.json and plots in ``--out``."""
+    """Train on ``--data`` and save best/last models, metrics.json and plots in ``--out``.
+
+    Under torchrun or accelerate launch every process trains its share of each global batch;
+    rank 0 alone writes and prints.
+    """
+    world = init_distributed(args.device)
+    try:
+        return _train(args, world)
+    finally:
+        shutdown()
+
+
+def _train(args, world) -> dict:
+    """cmd_train in the process group (one process: World())."""
     out = Path(args.out)
     _check_out_dir(out, args.overwrite, args.resume)
+    barrier(world)  # every process has checked --out before rank 0 writes there
     train = load_pairs(args.data, args.split, seed=args.seed, drop_incomplete=args.drop_incomplete)
     val = None
     if args.val_split != "none":
@@ -147,6 +162,9 @@ def cmd_train(args) -> dict:
     )
     record = run_record(args.data, args.argv, model, config, train, history)
     record["train_seconds"] = time.perf_counter() - start  # this session only, when resumed
+    record["world_size"] = world.size  # processes; batch_size is the global batch
+    if not world.is_main:
+        return record
     record["plots"] = _save_plots(out, history, None)
     write_json(out / "metrics.json", record)
     resumed = f" (resumed at step {history.resumed_from})" if history.resumed_from else ""
@@ -212,6 +230,11 @@ def cmd_demo(args) -> list:
 
 def cmd_quickstart(args) -> dict:
     """The main job: train on the embedded data, compare untrained vs trained on its test split."""
+    if launched():
+        raise QAError(
+            "quickstart runs in one process; under torchrun use `-m qa_lib train` "
+            "(then `python -m qa_lib evaluate` on the saved model)"
+        )
     start = time.perf_counter()
     out = Path(args.out)
     _check_out_dir(out, args.overwrite)

@@ -2,6 +2,9 @@
 
 ``fit`` is the loop notebook 04 writes by hand, plus what a long run needs: validation after each
 epoch, the best model kept, checkpoints to resume from, and a stop before a NaN reaches the weights.
+
+Under torchrun every process runs ``fit`` with the same arguments (:mod:`qa_lib.distributed`):
+the same global batches, each embedding its share; rank 0 alone validates and writes.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +25,16 @@ from qa_lib.checkpoint import (
 )
 from qa_lib.config import TrainConfig
 from qa_lib.data import Pairs
+from qa_lib.distributed import (
+    World,
+    barrier,
+    broadcast_object,
+    broadcast_parameters,
+    check_batch_size,
+    gather_objects,
+    init_distributed,
+    process_device,
+)
 from qa_lib.errors import QAError
 from qa_lib.evaluate import evaluate
 from qa_lib.negatives import mine_bm25_negatives
@@ -86,6 +99,7 @@ class Loop:
     out_dir: Path | None
     on_step: Callable[[int], None] | None
     sync_every: int  # steps between loss read-backs (one host sync for all of them)
+    world: World = field(default_factory=World)  # this process among the run's (torchrun)
     pending: list = field(default_factory=list)  # steps not yet read back
 
 
@@ -130,47 +144,59 @@ def fit(
         on_step: called before each optimiser step with the number of steps done (timing,
             logging, stopping a run early by raising).
 
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls ``fit`` with the same arguments;
+    ``config.batch_size`` is the global batch, split over the processes, and ``cuda`` means
+    ``cuda:LOCAL_RANK``. Rank 0 alone validates and writes to ``out_dir``; every process
+    returns the same history and holds the same weights.
+
     Returns:
         The loss per step and the validation metrics per epoch (of the whole run, when resumed).
 
     Raises:
         QAError: too few pairs for one batch, the loss became NaN or infinite, or nothing
-            (or something different) to resume from.
+            (or something different) to resume from; under torchrun, a global batch size
+            that does not split over the processes.
     """
     from tqdm.auto import tqdm
 
     config = config or TrainConfig()
     loop = _set_up(model, train, config, out_dir, resume, on_step)
+    config, main = loop.config, loop.world.is_main
     history = History(chance_loss=chance_loss(min(config.batch_size, len(train)), config, model))
     run = RunState()
     if resume:
         history, run = _resume(loop)
-    elif out_dir is not None:
+    elif out_dir is not None and main:
         clear_checkpoints(out_dir)
-    groups = train.groups if config.group_batches else None
     # leave=False: the finished bar is cleared (callers print a summary); mininterval: a text bar
     # (no ipywidgets, or a headless run) writes at most every 2 s, not once per step
     bar = tqdm(
         total=loop.total,
         initial=run.step,
         desc="train",
-        disable=not progress,
+        disable=not (progress and main),
         dynamic_ncols=True,
         leave=False,
         mininterval=2.0,
     )
     while run.epoch < config.num_epochs and run.step < loop.total:
-        run.batches = run.batches or epoch_batches(
-            len(train), config.batch_size, config.seed, run.epoch, groups
-        )
+        run.batches = run.batches or _epoch_order(train, config, run.epoch, loop.world)
         _run_epoch(loop, run, history, bar)
         _finish_epoch(loop, val, run, history)
         if run.epoch < config.num_epochs and run.step < loop.total:
             _save_checkpoint(loop, run, history)
     bar.close()
-    if out_dir is not None:
+    if out_dir is not None and main:
         clear_checkpoints(out_dir)  # finished: best/ and last/ hold the result
+    barrier(loop.world)  # every process returns once rank 0 has written
     return history
+
+
+def _epoch_order(train: Pairs, config: TrainConfig, epoch: int, world: World) -> list[list[int]]:
+    """The epoch's global batches; under torchrun without a last batch too small to split."""
+    groups = train.groups if config.group_batches else None
+    batches = epoch_batches(len(train), config.batch_size, config.seed, epoch, groups)
+    return [b for b in batches if len(b) >= world.size]
 
 
 def _set_up(model, train: Pairs, config: TrainConfig, out_dir, resume: bool, on_step) -> Loop:
@@ -181,15 +207,19 @@ def _set_up(model, train: Pairs, config: TrainConfig, out_dir, resume: bool, on_
         raise QAError("resume=True needs out_dir, the folder of the interrupted run")
     if config.checkpoint_every is not None and config.checkpoint_every < 1:
         raise QAError(f"checkpoint_every={config.checkpoint_every}: give a number of steps >= 1")
+    world = init_distributed(config.device)
+    check_batch_size(config.batch_size, world)
+    if world.size > 1:
+        config = replace(config, device=process_device(config.device))
     use_bf16(resolve_device(config.device), config.precision)  # an unknown name fails here
     seed_everything(config.seed)
+    torch.manual_seed(config.seed + world.rank)  # own dropout masks per process; rank 0's as one
     prepare_model(model, config)
+    broadcast_parameters(model, world)  # every process starts from rank 0's weights
     data = tokenize_pairs(model, train)
     if config.hard_negatives > 0:
         data.negatives = mine_bm25_negatives(train, config.hard_negatives)
-    groups = train.groups if config.group_batches else None
-    per_epoch = len(epoch_batches(len(train), config.batch_size, config.seed, 0, groups))
-    total = per_epoch * config.num_epochs
+    total = len(_epoch_order(train, config, 0, world)) * config.num_epochs
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     optimizer, scheduler = make_optimizer(model, config, total)
@@ -198,7 +228,7 @@ def _set_up(model, train: Pairs, config: TrainConfig, out_dir, resume: bool, on_
     identity = run_identity(config, model.config, train.fingerprint())
     out = Path(out_dir) if out_dir is not None else None
     return Loop(
-        model, data, config, optimizer, scheduler, total, identity, out, on_step, sync_every
+        model, data, config, optimizer, scheduler, total, identity, out, on_step, sync_every, world
     )
 
 
@@ -280,7 +310,10 @@ def _finish_epoch(loop: Loop, val: Pairs | None, run: RunState, history: History
     losses, epoch = run.losses, run.epoch
     record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "steps": run.step}
     if val is not None and len(val):
-        metrics = evaluate(loop.model, val, loop.config.eval_batch_size)
+        metrics = None
+        if loop.world.is_main:  # the others wait for its metrics
+            metrics = evaluate(loop.model, val, loop.config.eval_batch_size)
+        metrics = broadcast_object(metrics, loop.world)
         record.update({k: metrics[k] for k in ("recall@1", "mrr@10", "question_echo_rate")})
     history.epochs.append(record)
     # best = highest validation MRR@10; ties go to the lower echo rate, then the later epoch
@@ -288,7 +321,7 @@ def _finish_epoch(loop: Loop, val: Pairs | None, run: RunState, history: History
     improved = run.best is None or score > tuple(run.best)
     if improved:
         run.best, history.best_epoch = score, epoch + 1
-    if loop.out_dir is not None:
+    if loop.out_dir is not None and loop.world.is_main:
         loop.model.save(loop.out_dir / "last")
         if improved:
             loop.model.save(loop.out_dir / "best")
@@ -304,8 +337,14 @@ def run_identity(config: TrainConfig, encoder_config, fingerprint: str) -> dict:
 
 
 def _save_checkpoint(loop: Loop, run: RunState, history: History) -> None:
-    """Save everything needed to continue from here (a no-op without ``out_dir``)."""
+    """Save everything needed to continue from here (a no-op without ``out_dir``).
+
+    Under torchrun rank 0 writes it, with every process's random state.
+    """
     if loop.out_dir is None:
+        return
+    rngs = gather_objects(capture_rng(), loop.world)
+    if not loop.world.is_main:
         return
     state = {
         "step": run.step,
@@ -314,38 +353,73 @@ def _save_checkpoint(loop: Loop, run: RunState, history: History) -> None:
         "model": loop.model.state_dict(),
         "optimizer": loop.optimizer.state_dict(),
         "scheduler": loop.scheduler.state_dict(),
-        "rng": capture_rng(),
+        "rng": rngs[0],
         "identity": loop.identity,
     }
+    if loop.world.size > 1:
+        state["rng_ranks"] = rngs
     save_checkpoint(loop.out_dir, state)
 
 
 def _resume(loop: Loop) -> tuple[History, RunState]:
     """Load the newest complete checkpoint into the model, optimiser, scheduler and RNGs.
 
+    Under torchrun every process loads the same checkpoint (``out_dir`` on a filesystem they
+    share) and its own random state; rank 0 then clears what came after it.
+
     Returns:
         The history so far and where to continue.
     """
-    out_dir = loop.out_dir
+    out_dir, world = loop.out_dir, loop.world
     state = load_latest_checkpoint(out_dir)
+    steps = gather_objects(None if state is None else state["step"], world)
+    if len(set(steps)) > 1:
+        raise QAError(
+            f"{out_dir}: the processes found different checkpoints (steps {steps}); on several "
+            f"nodes --out must be a folder every node shares (a network filesystem)"
+        )
     if state is None:
         raise QAError(
             f"{out_dir}: no complete checkpoint to resume from (none was written yet, or the "
             f"run finished); start a fresh run instead (without --resume, with --overwrite)"
         )
+    _check_identity(loop, state)
+    loop.model.load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
+    restore_rng(_own_rng(state, world))
+    barrier(world)  # every process has read the checkpoint before rank 0 clears newer ones
+    if world.is_main:
+        clear_checkpoints(out_dir, after=state["step"])
+        recover_interrupted_saves(out_dir)
+    history = History(**{**state["history"], "resumed_from": state["step"]})
+    log.info("resumed from step %d of %s", state["step"], out_dir)
+    return history, RunState(**state["run"])
+
+
+def _check_identity(loop: Loop, state: dict) -> None:
+    """The run resumed must have the settings, model and data of the checkpoint's."""
     saved = state["identity"]
     for key, value in loop.identity.items():
         if saved.get(key) != value:
             raise QAError(
-                f"{out_dir}: the checkpoint was written with {key} = {saved.get(key)!r}, this run "
-                f"has {value!r}; resume with the original settings, or start a fresh run"
+                f"{loop.out_dir}: the checkpoint was written with {key} = {saved.get(key)!r}, "
+                f"this run has {value!r}; resume with the original settings, or start a fresh run"
             )
-    loop.model.load_state_dict(state["model"])
-    loop.optimizer.load_state_dict(state["optimizer"])
-    loop.scheduler.load_state_dict(state["scheduler"])
-    restore_rng(state["rng"])
-    clear_checkpoints(out_dir, after=state["step"])
-    recover_interrupted_saves(out_dir)
-    history = History(**{**state["history"], "resumed_from": state["step"]})
-    log.info("resumed from step %d of %s", state["step"], out_dir)
-    return history, RunState(**state["run"])
+
+
+def _own_rng(state: dict, world: World) -> dict:
+    """This process's random state in the checkpoint (rank 0's when the run had fewer).
+
+    A run resumed on another number of processes continues with the same global batches; only
+    the dropout masks then differ from the uninterrupted run's.
+    """
+    ranks = state.get("rng_ranks") or [state["rng"]]
+    if len(ranks) != world.size:
+        log.warning(
+            "the checkpoint was written by %d process(es), this run has %d: the same batches "
+            "follow, other dropout masks",
+            len(ranks),
+            world.size,
+        )
+    return ranks[world.rank] if world.rank < len(ranks) else ranks[0]

@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "qa_lib"
 LAYERS = (
     ("errors",),  # support
-    ("config", "files", "runtime"),
+    ("config", "files", "runtime", "distributed"),
     ("data", "hub", "checkpoint", "batching", "losses", "question_flag", "bm25", "optim"),
     ("inference", "saving", "metrics", "trec"),  # the parts of a model and of its measurement
     ("encoders", "hybrid", "gradcache", "negatives"),
