@@ -1,6 +1,6 @@
 """Check an export against the sentence-transformers on sys.path (one the suite does not test).
 
-PYTHONPATH=/tmp/st500:. .venv/bin/python docs_proposed/st_compat.py
+PYTHONPATH=/tmp/st500:. .venv/bin/python benchmarks/st_compat.py
 """
 
 from __future__ import annotations
