@@ -107,7 +107,7 @@ def _load(out: Path, name: str) -> list[dict]:
 def _assert_same_weights(state_a: dict, state_b: dict) -> None:
     assert state_a.keys() == state_b.keys()
     for name, value in state_a.items():
-        assert_close(value, state_b[name], **TOLERANCE, msg=name)
+        assert_close(value, state_b[name], **TOLERANCE, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("name", [*CASES, "resumed"])
@@ -131,7 +131,7 @@ def test_two_processes_compute_the_single_process_gradient(two_processes, name):
         got = rank["gradients"]
         assert got.keys() == want.keys()
         for param, grad in want.items():
-            assert_close(got[param], grad, **TOLERANCE, msg=param)
+            assert_close(got[param], grad, **TOLERANCE, msg=lambda m, p=param: f"{p}: {m}")
 
 
 def test_the_cli_under_torchrun_writes_once_and_trains_as_one_process(
