@@ -165,11 +165,11 @@ def exact_top_k(vectors: np.ndarray, q_emb: np.ndarray, k: int, chunk_size: int 
     Returns:
         ``(scores, rows)``, best first. Shapes (n_queries, k) each.
     """
-    q = torch.as_tensor(np.asarray(q_emb, dtype=np.float32))
+    q = torch.from_numpy(np.array(q_emb, dtype=np.float32))
     best_s = torch.full((len(q), 0), float("-inf"))
     best_i = torch.zeros((len(q), 0), dtype=torch.long)
     for start in range(0, len(vectors), chunk_size):
-        part = torch.as_tensor(np.asarray(vectors[start : start + chunk_size], dtype=np.float32))
+        part = torch.from_numpy(np.array(vectors[start : start + chunk_size], dtype=np.float32))
         scores = torch.cat([best_s, q @ part.T], dim=1)  # (n_queries, kept + chunk)
         rows = torch.arange(start, start + len(part)).expand(len(q), -1)
         best_s, pick = scores.topk(min(k, scores.shape[1]), dim=1)
