@@ -48,7 +48,8 @@ def test_sync_rewrites_every_link_when_the_url_changes(tmp_path):
     old = repo_url.repository_url()
     pyproject.write_text(pyproject.read_text().replace(old, "https://github.com/someone/fork"))
     stale = repo_url.sync(tmp_path, check=True)
-    assert len(stale) == 6  # five notebooks and the README
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert len(stale) == len(notebooks) + 1  # every notebook and the README
     assert repo_url.sync(tmp_path) == stale and repo_url.sync(tmp_path, check=True) == []
     files = [*sorted((tmp_path / "notebooks").glob("*.ipynb")), tmp_path / "README.md"]
     texts = [p.read_text() for p in files]
