@@ -14,18 +14,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import torch  # noqa: E402
 
 from qa_lib import DualEncoder, EncoderConfig, load_pairs  # noqa: E402
+from qa_lib.course import TINY_BERT, smoke_encoder_config
 
 # The tiny test models gain nothing from a second thread, and two spinning threads per process
 # slow the suite by 10x or more when anything else shares the two cores.
 torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TINY = (
-    ("hidden_size", 32),
-    ("num_hidden_layers", 2),
-    ("num_attention_heads", 2),
-    ("intermediate_size", 64),
-)
+TINY = TINY_BERT  # the notebooks' smoke-mode BERT (qa_lib.course), defined once
 
 
 def shared_file(*parts: str) -> Path:
@@ -78,13 +74,7 @@ def tiny_config() -> EncoderConfig:
     ``QA_TINY_SOURCE`` may name another folder with the config and tokenizer (no weights
     needed), for machines without the packaged model, such as a bare GPU box.
     """
-    return EncoderConfig(
-        model=os.environ.get("QA_TINY_SOURCE") or None,
-        pretrained=False,
-        model_overrides=TINY,
-        max_q_len=24,
-        max_a_len=48,
-    )
+    return smoke_encoder_config()
 
 
 @pytest.fixture
