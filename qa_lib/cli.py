@@ -26,7 +26,7 @@ from qa_lib.index import DTYPES, KINDS, index_pairs, open_index, open_model
 from qa_lib.plotting import plot_epoch_metrics, plot_loss, plot_metric_bars, save_figure
 from qa_lib.reporting import format_demo, format_table, run_record
 from qa_lib.runtime import PRECISIONS
-from qa_lib.saving import is_model_folder
+from qa_lib.saving import model_folder
 from qa_lib.train import fit
 from qa_lib.trec import RUN_DEPTH, write_qrels, write_run
 
@@ -74,28 +74,6 @@ def _train_config(args) -> TrainConfig:
         device=args.device,
         precision=args.precision,
     )
-
-
-def model_folder(spec: str) -> Path | None:
-    """The saved dual encoder that ``spec`` names: a model folder, or a training run's ``best/``.
-
-    Returns:
-        The model folder; None when ``spec`` is neither (a model name or backbone folder).
-
-    Raises:
-        QAError: ``spec`` is a training run's folder without a complete ``best/`` model.
-    """
-    folder = Path(spec).expanduser()
-    if is_model_folder(folder):
-        return folder
-    if is_model_folder(folder / "best"):
-        return folder / "best"
-    if (folder / "metrics.json").is_file() or (folder / "checkpoints").is_dir():
-        raise QAError(
-            f"{folder}: a training run without a complete best/ model (still running, or "
-            f"interrupted); finish it with 'qa_lib train ... --resume', or pass {folder}/last"
-        )
-    return None
 
 
 def _load_model(spec: str | None, seed: int = 0) -> DualEncoder:

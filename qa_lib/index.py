@@ -37,7 +37,7 @@ from qa_lib.encoders import DualEncoder
 from qa_lib.errors import QAError
 from qa_lib.files import write_json
 from qa_lib.metrics import build_task
-from qa_lib.saving import is_model_folder, replace_dir
+from qa_lib.saving import model_folder, replace_dir
 
 KINDS = ("flat", "hnsw", "ivf")  # exact; graph (approximate); inverted lists (approximate)
 DTYPES = ("float32", "float16")  # of vectors.npy; float16 halves it but flat is then not exact
@@ -73,14 +73,16 @@ def model_fingerprint(model) -> str:
 
 def open_model(spec: str | os.PathLike | None, seed: int = 0) -> DualEncoder:
     """A saved dual encoder folder, else untrained towers from a model name or folder."""
-    if spec is not None and is_model_folder(spec):
-        return DualEncoder.load(spec)
+    folder = model_folder(spec) if spec is not None else None  # a model, or a run's best/
+    if folder is not None:
+        return DualEncoder.load(folder)
     return DualEncoder.from_config(EncoderConfig(model=None if spec is None else str(spec)), seed)
 
 
 def _model_record(model, spec, seed: int) -> dict:
-    saved = spec is not None and is_model_folder(spec)
-    where = str(Path(spec).resolve()) if saved else (None if spec is None else str(spec))
+    folder = model_folder(spec) if spec is not None else None
+    saved = folder is not None
+    where = str(folder.resolve()) if saved else (None if spec is None else str(spec))
     return {"spec": where, "saved": saved, "seed": seed, "fingerprint": model_fingerprint(model)}
 
 

@@ -34,6 +34,28 @@ def is_model_folder(folder: str | os.PathLike) -> bool:
     return (Path(folder) / OPTIONS_FILE).is_file()
 
 
+def model_folder(spec: str | os.PathLike) -> Path | None:
+    """The saved dual encoder that ``spec`` names: a model folder, or a training run's ``best/``.
+
+    Returns:
+        The model folder; None when ``spec`` is neither (a model name or backbone folder).
+
+    Raises:
+        QAError: ``spec`` is a training run's folder without a complete ``best/`` model.
+    """
+    folder = Path(spec).expanduser()
+    if is_model_folder(folder):
+        return folder
+    if is_model_folder(folder / "best"):
+        return folder / "best"
+    if (folder / "metrics.json").is_file() or (folder / "checkpoints").is_dir():
+        raise QAError(
+            f"{folder}: a training run without a complete best/ model (still running, or "
+            f"interrupted); finish it with 'qa_lib train ... --resume', or pass {folder}/last"
+        )
+    return None
+
+
 def save_model(model, directory: str | os.PathLike) -> Path:
     """Write both towers, the tokenizer, the heads and the options of ``model``, atomically.
 
