@@ -53,12 +53,16 @@ def test_default_split_is_fixed_and_holds_the_demo_question(default_splits):
     assert load_pairs("default", "test", seed=123).questions == default_splits["test"].questions
 
 
-def test_every_topic_has_confusers_in_test_and_a_validation_pair(default_splits):
-    # the pool of the test split holds at least two answers of each topic (one entity, or one
-    # theme), so a test question must be told apart from its own topic's other answers
-    for split, least in (("test", 2), ("validation", 1)):
-        counts = Counter(default_splits[split].groups)
-        assert min(counts[g] for g in set(read_pairs("default").groups)) >= least, split
+def test_test_topics_bring_their_confusers_into_the_pool(default_splits):
+    # a test question must be told apart from other answers of its own topic (one entity, or one
+    # theme): each topic in the test split has at least two test pairs there
+    counts = Counter(default_splits["test"].groups)
+    assert min(counts.values()) >= 2
+    # an entity held out whole is in no other split; the themes are split inside each topic
+    elsewhere = set(default_splits["train"].groups) | set(default_splits["validation"].groups)
+    held_out = set(counts) - elsewhere
+    assert held_out and all(counts[t] >= 7 for t in held_out)
+    assert len(set(counts) & elsewhere) >= 12
 
 
 def test_embedded_file_is_what_its_script_writes(tmp_path):
