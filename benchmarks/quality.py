@@ -51,6 +51,7 @@ mean ± std over seeds; the split is fixed (seed 0), the seed changes init, data
     python benchmarks/quality.py --datasets path/to/beir-folder   # train qrels -> test qrels
     python benchmarks/quality.py --datasets nq --echo-curve --systems qa_lib,qa_lib_noecho
     python benchmarks/quality.py --datasets nq,medquad,squad --quick --echo-study   # 500 s
+    python benchmarks/quality.py --datasets nq --tune --systems qa_lib,qa_lib_tied  # validation
 
 Quick mode on nq-sample-dlai, the eight main systems: 190 s on 2 quiet CPU cores. Full mode: nq
 with all systems 21 min (fp32, before bf16 became the CPU default); MedQuAD and SQuAD with bm25,
@@ -112,7 +113,9 @@ MAIN_SYSTEMS = (
 ECHO_EXTRA = ("echo_negative", "echo_negative_w0.1", "flag_lr_0.02")  # with --echo-curve
 # with --echo-study: the obvious ways to keep questions out of the answers' places, side by side
 ECHO_STUDY = ("qa_lib_noecho", "exact_filter", "rule_filter", "echo_negative", "flag_v1", "qa_lib")
-SYSTEMS = tuple(dict.fromkeys(MAIN_SYSTEMS + ECHO_EXTRA + ECHO_STUDY))
+# issue 16's levers for separate towers, each a variant of qa_lib.experiments (with --tune)
+LEVERS = ("qa_lib_symmetric", "qa_lib_lr2e-5", "qa_lib_lr1e-4", "qa_lib_alr0.3", "qa_lib_alr0")
+SYSTEMS = tuple(dict.fromkeys(MAIN_SYSTEMS + ECHO_EXTRA + ECHO_STUDY + LEVERS))
 # echo-trade-off systems: the same towers or training, differing in how the echo is pushed down
 ECHO_VARIANTS = (
     "qa_lib",
@@ -150,6 +153,7 @@ class Budget:
     seeds: int = 3
     lesson_epochs: int = 5  # the original lesson trained its random-init towers 5 epochs
     progress: bool = False  # tqdm bars while training
+    tune: bool = False  # measure on a validation split carved from the training pairs, not test
 
 
 QUICK = Budget(num_epochs=1, max_train=320, max_test=500, seeds=1)
@@ -228,12 +232,30 @@ def validation_pairs(train_all, train_rows: list[int], limit: int, notes: list[s
     return train_all.select(rows)
 
 
+def tuning_split(train_all, share: float = 0.2) -> tuple:
+    """``(train, validation)`` from the training pairs alone: a seeded ``share`` of the groups
+    (articles, topics) where the pairs carry them, else of the pairs. The test pairs stay unseen."""
+    keys = train_all.groups or list(range(len(train_all)))
+    distinct = sorted(set(keys), key=str)
+    held = set(random.Random(0).sample(distinct, max(1, round(share * len(distinct)))))
+    what = "groups" if train_all.groups else "pairs"
+    train, val = split_by(train_all, held, keys)
+    return train, val, f"tuning: validation = {len(held)} of {len(distinct)} training {what}"
+
+
 def make_setup(name: str, data_dir: Path, budget: Budget) -> Setup | str:
-    """Load, split and subsample one dataset; a string when it is skipped."""
+    """Load, split and subsample one dataset; a string when it is skipped.
+
+    With ``budget.tune`` the test pairs are left out: the systems are measured on a validation
+    split of the training pairs (:func:`tuning_split`), where settings may be chosen.
+    """
     loaded = load_split(name, data_dir)
     if isinstance(loaded, str):
         return loaded
     train_all, test, how = loaded
+    if budget.tune:
+        train_all, test, tuning = tuning_split(train_all)
+        how, name = f"{how}; {tuning} (test pairs unused)", f"{Path(name).name}-tune"
     notes = [f"split: {how}; {len(train_all)} train / {len(test)} test pairs"]
     rows = sample_rows(len(train_all), budget.max_train)
     train = sample(train_all, budget.max_train, "training", notes)
@@ -584,6 +606,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help=f"also run {ECHO_EXTRA}: more points on the echo trade-off curve",
     )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="measure on a validation split of the training pairs (where settings are chosen)",
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--max-train", type=int, default=None, help="training pairs kept")
     parser.add_argument("--data-dir", default=str(SHARED))
@@ -597,6 +624,7 @@ def main(argv=None) -> None:
     budget = QUICK if args.quick else Budget()
     changes = {"seeds": args.seeds, "num_epochs": args.epochs, "max_train": args.max_train}
     changes["progress"] = args.progress or None
+    changes["tune"] = args.tune or None
     budget = replace(budget, **{k: v for k, v in changes.items() if v is not None})
     systems = [s for s in args.systems.split(",") if s]
     if args.echo_study:

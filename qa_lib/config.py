@@ -67,6 +67,7 @@ class TrainConfig:
     num_epochs: int = 3  # passes over the training pairs
     batch_size: int = 32  # pairs per step; every other answer in the batch is a negative
     lr: float = 5e-5  # AdamW peak learning rate
+    answer_lr_scale: float = 1.0  # the answer tower's rate is lr times this (separate towers)
     weight_decay: float = 0.01  # AdamW weight decay (not on biases and LayerNorm)
     warmup_ratio: float = 0.1  # share of steps with a linear warm-up
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables

@@ -84,6 +84,20 @@ VARIANTS: dict[str, Variant] = {
         encoder=lambda c: replace(c, flag_features="mean"),
         train=dict(flag_views=False),
     ),
+    "qa_lib_symmetric": Variant(
+        "qa_lib with the symmetric loss (each answer also scored against all questions)",
+        train=dict(symmetric=True),
+    ),
+    "qa_lib_lr2e-5": Variant("qa_lib at learning rate 2e-5", train=dict(lr=2e-5)),
+    "qa_lib_lr1e-4": Variant("qa_lib at learning rate 1e-4", train=dict(lr=1e-4)),
+    "qa_lib_alr0.3": Variant(
+        "qa_lib with the answer tower at 0.3 times the learning rate",
+        train=dict(answer_lr_scale=0.3),
+    ),
+    "qa_lib_alr0": Variant(
+        "qa_lib with the answer tower frozen: the question tower learns the pretrained answer space",
+        train=dict(answer_lr_scale=0.0),
+    ),
     "flag_lr_0.02": Variant(
         "the question flag's detector at learning rate 0.02 (default 0.1)",
         train=dict(flag_lr=0.02),

@@ -17,3 +17,33 @@ def test_the_detector_gets_its_own_learning_rate(tiny_model):
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(
         list(tiny_model.parameters())
     )
+
+
+def _rates(model, config) -> dict[int, float]:
+    optimizer, _ = make_optimizer(model, config, 10)
+    return {id(p): g["initial_lr"] for g in optimizer.param_groups for p in g["params"]}
+
+
+def test_answer_lr_scale_sets_the_answer_towers_rate_only(tiny_model):
+    rates = _rates(tiny_model, TrainConfig(lr=1e-4, answer_lr_scale=0.25, flag_lr=0.3))
+    answer = list(tiny_model.a_encoder.parameters())
+    question = list(tiny_model.q_encoder.parameters())
+    assert [rates[id(p)] for p in answer] == pytest.approx([2.5e-5] * len(answer))
+    assert [rates[id(p)] for p in question] == pytest.approx([1e-4] * len(question))
+    flag = list(tiny_model.question_flag.parameters())
+    assert [rates[id(p)] for p in flag] == pytest.approx([0.3] * len(flag))
+
+
+def test_a_tied_tower_keeps_the_towers_rate(tiny_config):
+    from qa_lib import DualEncoder
+
+    tied = DualEncoder.from_config(tiny_config, tied=True)
+    rates = _rates(tied, TrainConfig(lr=1e-4, answer_lr_scale=0.0))
+    assert list(rates.values()) == pytest.approx([1e-4] * len(rates))  # one tower, both sides
+
+
+def test_a_negative_answer_lr_scale_is_one_clear_error(tiny_model):
+    from qa_lib.errors import QAError
+
+    with pytest.raises(QAError, match="answer_lr_scale -1.0 is negative"):
+        make_optimizer(tiny_model, TrainConfig(answer_lr_scale=-1.0), 10)
