@@ -4,8 +4,10 @@ The original lesson claimed that its towers ranked the answer to "What is the ta
 the world?" above the question's own text and "Who is Donald Duck?". This script runs ``make
 demo``'s job itself (``python -m qa_lib quickstart``: the embedded data, 5 epochs of topic-aware
 batches of 32, the towers of the epoch with the best validation MRR@10) once per seed and
-precision, and prints the test split's Recall@1 before and after training, the echo and mixed-pool
-rates, the three demo scores and the question flag's probability for the demo's answer.
+precision, and prints the validation split's Recall@1 and MRR@10 of the chosen epoch (where
+options are compared: ``--options=--symmetric``), the test split's Recall@1 before and after
+training, the echo and mixed-pool rates, the three demo scores and the question flag's
+probability for the demo's answer.
 
     python benchmarks/demo_seeds.py --seeds 0,1,2 --precisions fp32,bf16
 
@@ -28,6 +30,8 @@ from qa_lib.config import DEMO_ANSWER, DEMO_DISTRACTOR, DEMO_QUESTION
 from qa_lib.reporting import markdown_table
 
 COLUMNS = (
+    "val R@1",
+    "val MRR@10",
     "untrained R@1",
     "trained R@1",
     "gain",
@@ -42,23 +46,30 @@ COLUMNS = (
 )
 
 
-def run(seed: int, precision: str) -> dict:
-    """``make demo`` with this seed and precision, read back from its metrics.json."""
+def run(seed: int, precision: str, extra: list[str]) -> dict:
+    """``make demo`` with this seed and precision (and ``extra`` quickstart options), read back
+    from its metrics.json."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "demo"
-        argv = ["--quiet", "quickstart", "--seed", str(seed), "--precision", precision]
+        argv = ["--quiet", "quickstart", "--seed", str(seed), "--precision", precision, *extra]
         cli_main(argv + ["--out", str(out)])
         record = json.loads((out / "metrics.json").read_text())
         model = DualEncoder.load(out / "best")
         p = model.question_probability([DEMO_QUESTION, DEMO_ANSWER, DEMO_DISTRACTOR]).tolist()
     before, after = record["test"]["untrained"], record["test"]["trained"]
+    history = record["history"]
+    chosen = history["epochs"][history["best_epoch"] - 1]
     scores = dict(record["demo"]["trained"])
     return {
         "seed": seed,
         "precision": precision,
-        "best_epoch": record["history"]["best_epoch"],
+        "options": extra,
+        "best_epoch": history["best_epoch"],
+        "validation": {k: chosen[k] for k in ("recall@1", "mrr@10")},
         "untrained": {k: before[k] for k in ("recall@1", "mrr@10")},
-        "trained": {k: after[k] for k in ("recall@1", "mrr@10", "question_echo_rate", "mixed_pool_rate")},
+        "trained": {
+            k: after[k] for k in ("recall@1", "mrr@10", "question_echo_rate", "mixed_pool_rate")
+        },
         "scores": {
             "answer": scores[DEMO_ANSWER],
             "question": scores[DEMO_QUESTION],
@@ -72,6 +83,8 @@ def run(seed: int, precision: str) -> dict:
 def cells(r: dict) -> tuple:
     s, before, after = r["scores"], r["untrained"], r["trained"]
     return (
+        r["validation"]["recall@1"],
+        r["validation"]["mrr@10"],
         before["recall@1"],
         after["recall@1"],
         after["recall@1"] - before["recall@1"],
@@ -106,6 +119,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--out", default="runs/bench/demo_seeds.jsonl")
+    parser.add_argument(
+        "--options",
+        default="",
+        help='more quickstart options, e.g. --options="--symmetric --lr 1e-4"',
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +131,7 @@ def main() -> None:
     with out.open("w") as handle:
         for precision in args.precisions.split(","):
             for seed in map(int, args.seeds.split(",")):
-                records.append(run(seed, precision))
+                records.append(run(seed, precision, args.options.split()))
                 handle.write(json.dumps(records[-1]) + "\n")
                 print(json.dumps(records[-1]), flush=True)
     print(summary(records))

@@ -1,6 +1,6 @@
 """The peer systems the benchmarks measure qa_lib against, as small adapters over qa_lib itself.
 
-BM25 is scored by :mod:`qa_lib.metrics` from its score matrix; a sentence-transformers model is
+BM25 is :func:`qa_lib.evaluate.bm25_metrics`; a sentence-transformers model is
 wrapped as an encoder (:class:`STEncoder`) and measured by :func:`qa_lib.evaluate.evaluate`, so
 every system is ranked and summarised by the same code. ``st_model`` and ``train_mnrl`` build and
 fine-tune the sentence-transformers model for both benchmarks (quality.py and throughput.py).
@@ -13,34 +13,6 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-
-ECHO_KEYS = ("question_echo_rate", "recall@1_with_echo")
-
-
-def bm25_metrics(pairs) -> dict:
-    """BM25 (``bm25s``, qa_lib.bm25's settings) on held-out pairs, with qa_lib's metrics.
-
-    The ranking metrics come from the plain index of the pool; the echo rate and Recall@1 with the
-    echo from :func:`qa_lib.bm25.lexical_scores`, which adds each question's text to the pool;
-    the mixed-pool rate from one index of the pool and every test question. BM25 flags nothing.
-    """
-    import torch
-
-    from qa_lib.bm25 import bm25_index, bm25_scores, lexical_scores
-    from qa_lib.metrics import beats, best_relevant, build_task, metrics_from_scores
-
-    task = build_task(pairs)
-    scores = bm25_scores(bm25_index(task.candidates), task.questions)
-    metrics = metrics_from_scores(scores, scores.max(1), task.relevant)  # echo replaced below
-    pool, echo = lexical_scores(task.candidates, task.questions)
-    with_echo = metrics_from_scores(pool, echo, task.relevant)
-    n = len(task.candidates)
-    both = torch.as_tensor(
-        bm25_scores(bm25_index(task.candidates + task.questions), task.questions)
-    )
-    mixed = beats(both[:, n:].max(1).values, best_relevant(both[:, :n], task.relevant))
-    metrics |= {"mixed_pool_rate": mixed.double().mean().item(), "answer_flag_rate": 0.0}
-    return metrics | {key: with_echo[key] for key in ECHO_KEYS}
 
 
 class STEncoder:

@@ -32,8 +32,9 @@ Every system is measured in one run on the same split and the same candidate poo
                   reused when it ran in the same job)
 
 The qa_lib systems from random_init to flag_lr_0.02 are the named variants of
-``qa_lib.experiments.VARIANTS`` (notebook 05 trains the same ones); bm25 and st_mnrl are the
-adapters of ``benchmarks/peers.py``, measured by the same metrics (``qa_lib.metrics``).
+``qa_lib.experiments.VARIANTS`` (notebook 05 trains the same ones); bm25 is
+``qa_lib.evaluate.bm25_metrics`` and st_mnrl the adapter of ``benchmarks/peers.py``, all measured
+by the same metrics (``qa_lib.metrics``).
 
 The hybrids' BM25 weight is the one with the best MRR@10 on validation pairs: up to 500 training
 pairs left out of the training sample (never test pairs; on SQuAD and MedQuAD they share articles
@@ -78,12 +79,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import peers  # benchmarks/peers.py: BM25 and sentence-transformers as qa_lib scorers
+import peers  # benchmarks/peers.py: sentence-transformers as a qa_lib scorer
 
 from qa_lib import TrainConfig, evaluate
 from qa_lib.config import default_model_path
 from qa_lib.data import read_pairs
-from qa_lib.evaluate import LENGTH_BUCKETS, flag_by_length
+from qa_lib.evaluate import LENGTH_BUCKETS, bm25_metrics, flag_by_length
 from qa_lib.experiments import VARIANTS, train_variant
 from qa_lib.hybrid import tune_lexical_weight
 from qa_lib.metrics import METRIC_KEYS, build_task
@@ -256,7 +257,8 @@ def make_setup(name: str, data_dir: Path, budget: Budget) -> Setup | str:
     if budget.tune:
         train_all, test, tuning = tuning_split(train_all)
         how, name = f"{how}; {tuning} (test pairs unused)", f"{Path(name).name}-tune"
-    notes = [f"split: {how}; {len(train_all)} train / {len(test)} test pairs"]
+    held = "validation" if budget.tune else "test"
+    notes = [f"split: {how}; {len(train_all)} train / {len(test)} {held} pairs"]
     rows = sample_rows(len(train_all), budget.max_train)
     train = sample(train_all, budget.max_train, "training", notes)
     val = validation_pairs(train_all, rows, budget.max_val, notes)
@@ -338,7 +340,7 @@ def run_system(system: str, setup: Setup, budget: Budget, seed: int, keep=()) ->
     """One system, one seed: its metrics and wall time (training + evaluation)."""
     start = time.perf_counter()
     if system == "bm25":
-        metrics = peers.bm25_metrics(setup.test)
+        metrics = bm25_metrics(setup.test)
     elif system == "st_mnrl":
         metrics = run_st(setup, budget, seed)
     elif system in HYBRIDS:
@@ -395,8 +397,9 @@ def table(name: str, setup_info: dict, results: dict) -> str:
         | {k: fmt(s, k) for k in KEYS}
         for system, s in results.items()
     }
+    held = "validation" if name.endswith("-tune") else "test"
     lines = [
-        f"### {name}: {setup_info['n_questions']} test questions, pool of "
+        f"### {name}: {setup_info['n_questions']} {held} questions, pool of "
         f"{setup_info['n_candidates']} candidates, chance Recall@1 = {setup_info['chance']:.4f}",
         "",
         *[f"- {note}" for note in setup_info["notes"]],

@@ -18,7 +18,7 @@ from qa_lib.data import load_pairs
 from qa_lib.distributed import barrier, init_distributed, launched, shutdown
 from qa_lib.encoders import DualEncoder
 from qa_lib.errors import QAError
-from qa_lib.evaluate import demo_scores, evaluate, rank_candidates
+from qa_lib.evaluate import bm25_metrics, demo_scores, evaluate, rank_candidates
 from qa_lib.export import FORMATS, export_model
 from qa_lib.files import write_json
 from qa_lib.hybrid import tune_lexical_weight
@@ -71,6 +71,8 @@ def _train_config(args) -> TrainConfig:
         hard_negatives=args.hard_negatives,
         group_batches=not args.no_group_batches,
         scale=args.scale,
+        symmetric=args.symmetric,
+        answer_lr_scale=args.answer_lr_scale,
         device=args.device,
         precision=args.precision,
     )
@@ -166,9 +168,12 @@ def cmd_evaluate(args) -> dict:
     metrics = evaluate(model, pairs, progress=not args.quiet, lexical_weight=weight)
     metrics["lexical_weight"] = weight
     name = args.model or "all-MiniLM-L6-v2 (untrained)"
-    print(format_table({name + (f" + BM25 (weight {weight})" if weight else ""): metrics}))
+    rows = {name + (f" + BM25 (weight {weight})" if weight else ""): metrics}
+    if args.bm25:
+        rows["BM25 (bm25s)"] = bm25_metrics(pairs)
+    print(format_table(rows))
     if args.json:
-        write_json(args.json, metrics)
+        write_json(args.json, metrics | ({"bm25": rows["BM25 (bm25s)"]} if args.bm25 else {}))
     if args.run_file or args.qrels_file:
         _write_trec(args, model, pairs, weight)
     return metrics
@@ -265,6 +270,18 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--scale", type=float, default=defaults.scale, help="inverse temperature")
+    p.add_argument(
+        "--symmetric",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.symmetric,
+        help="also score each answer against all questions (the loss of both directions)",
+    )
+    p.add_argument(
+        "--answer-lr-scale",
+        type=float,
+        default=defaults.answer_lr_scale,
+        help="the answer tower's learning rate as a multiple of --lr (0 = frozen)",
+    )
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument(
         "--hard-negatives",
@@ -383,6 +400,11 @@ def _add_evaluate_parser(sub) -> None:
         default=None,
         metavar="SPLIT",
         help="choose --lexical-weight by MRR@10 on this split (e.g. validation), never the test",
+    )
+    p.add_argument(
+        "--bm25",
+        action="store_true",
+        help="also print BM25's metrics on the same pool (the baseline to read the model against)",
     )
     p.add_argument("--run-file", default=None, help="write the ranking as a TREC run file")
     p.add_argument("--qrels-file", default=None, help="write the relevant answers as TREC qrels")

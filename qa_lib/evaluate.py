@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from qa_lib.bm25 import lexical_scores
+from qa_lib.bm25 import bm25_index, bm25_scores, lexical_scores
 from qa_lib.config import DEMO_ANSWER, DEMO_DISTRACTOR, DEMO_QUESTION
 from qa_lib.data import Pairs
 from qa_lib.errors import QAError
@@ -23,6 +23,7 @@ from qa_lib.metrics import (
     best_relevant,
     build_task,
     echo_outcomes,
+    metrics_from_scores,
     summarize,
 )
 from qa_lib.question_flag import flag_column, flag_rate
@@ -35,6 +36,31 @@ QUESTION_START = frozenset(
     "should would will shall may might must has have had".split()
 )
 _PUNCT = re.compile(r"[^\w\s]")
+
+
+ECHO_KEYS = ("question_echo_rate", "recall@1_with_echo")
+
+
+def bm25_metrics(pairs: Pairs) -> dict:
+    """BM25 alone (:mod:`qa_lib.bm25`'s settings) on held-out pairs, by the same metrics as
+    :func:`evaluate`: the baseline a dense model is read against.
+
+    The ranking metrics come from the plain index of the pool; the echo rate and Recall@1 with the
+    echo from :func:`qa_lib.bm25.lexical_scores`, which adds each question's text to the pool;
+    the mixed-pool rate from one index of the pool and every test question. BM25 flags nothing.
+    """
+    task = build_task(pairs)
+    scores = bm25_scores(bm25_index(task.candidates), task.questions)
+    metrics = metrics_from_scores(scores, scores.max(1), task.relevant)  # echo replaced below
+    pool, echo = lexical_scores(task.candidates, task.questions)
+    with_echo = metrics_from_scores(pool, echo, task.relevant)
+    n = len(task.candidates)
+    both = torch.as_tensor(
+        bm25_scores(bm25_index(task.candidates + task.questions), task.questions)
+    )
+    mixed = beats(both[:, n:].max(1).values, best_relevant(both[:, :n], task.relevant))
+    metrics |= {"mixed_pool_rate": mixed.double().mean().item(), "answer_flag_rate": 0.0}
+    return metrics | {key: with_echo[key] for key in ECHO_KEYS}
 
 
 def normalized(text: str) -> str:

@@ -95,7 +95,8 @@ VARIANTS: dict[str, Variant] = {
         train=dict(answer_lr_scale=0.3),
     ),
     "qa_lib_alr0": Variant(
-        "qa_lib with the answer tower frozen: the question tower learns the pretrained answer space",
+        "qa_lib with the answer tower frozen: the question tower learns the pretrained "
+        "answer space",
         train=dict(answer_lr_scale=0.0),
     ),
     "flag_lr_0.02": Variant(

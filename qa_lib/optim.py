@@ -37,7 +37,11 @@ def make_optimizer(model, config, total_steps: int):
             f"answer_lr_scale {config.answer_lr_scale} is negative: use 0 (a frozen answer tower) "
             "to 1 (the towers' rate)"
         )
-    rates = {"flag": config.flag_lr, "answer": config.lr * config.answer_lr_scale, "tower": config.lr}
+    rates = {
+        "flag": config.flag_lr,
+        "answer": config.lr * config.answer_lr_scale,
+        "tower": config.lr,
+    }
     by_kind: dict[tuple[str, bool], list] = {}
     for name, param in model.named_parameters():  # a tied tower is named once, as q_encoder
         if param.requires_grad:

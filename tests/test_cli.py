@@ -77,6 +77,14 @@ def test_train_evaluate_demo(tmp_path, small_tsv, tiny_bert_dir, capsys):
     assert main([*base_eval, "--tune-on", "validation", "--json", str(metrics_file)]) == 0
     assert json.loads(metrics_file.read_text())["lexical_weight"] in DEFAULT_WEIGHTS
     assert "the best MRR@10 on the validation split" in capsys.readouterr().out
+    assert main([*base_eval, "--bm25", "--json", str(metrics_file)]) == 0
+    assert "BM25 (bm25s)" in capsys.readouterr().out
+    from qa_lib import load_pairs
+    from qa_lib.evaluate import bm25_metrics
+
+    bm25 = json.loads(metrics_file.read_text())["bm25"]
+    assert bm25 == pytest.approx(bm25_metrics(load_pairs(small_tsv, "test")))
+    assert set(METRIC_KEYS) <= set(bm25)
     assert main(["demo", "--model", str(out / "best")]) == 0
     assert "Donald Duck" in capsys.readouterr().out
 
@@ -255,3 +263,6 @@ def test_echo_and_negative_options_reach_the_configs():
     assert _train_config(
         build_parser().parse_args(["train", "--data", "d", "--out", "x"])
     ).group_batches
+    loss_options = ["--symmetric", "--answer-lr-scale", "0.5"]
+    train = _train_config(build_parser().parse_args(["quickstart", *loss_options]))
+    assert (train.symmetric, train.answer_lr_scale) == (True, 0.5)

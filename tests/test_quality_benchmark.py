@@ -168,13 +168,12 @@ def test_st_adapter_measures_cosines_with_the_question_as_its_own_echo():
 
 def test_bm25_adapter_takes_the_echo_from_lexical_scores():
     from qa_lib.bm25 import lexical_scores
+    from qa_lib.evaluate import bm25_metrics
     from qa_lib.metrics import build_task, metrics_from_scores
 
     quality = _quality_module()
-    import peers
-
     pairs = _toy_pairs()
-    metrics = peers.bm25_metrics(pairs)
+    metrics = bm25_metrics(pairs)
     task = build_task(pairs)
     with_echo = metrics_from_scores(*lexical_scores(task.candidates, task.questions), task.relevant)
     assert set(quality.KEYS) <= set(metrics)
@@ -209,3 +208,19 @@ def test_echo_study_filters_reuse_the_untrained_flag_towers_and_the_flag_table(
     text = quality.flag_table(setup, tmp_path)
     assert "answers longer" in text and "| qa_lib |" in text.splitlines()[2]
     assert (tmp_path / "tiny-flag.md").read_text().strip() == text
+
+
+def test_tune_mode_measures_on_training_pairs_held_out_by_group_never_the_test_pairs():
+    from qa_lib.data import Pairs
+
+    quality = _quality_module()
+    groups = [f"g{i // 3}" for i in range(30)]  # 10 groups of 3 pairs
+    pairs = Pairs([f"q{i}" for i in range(30)], [f"a{i}" for i in range(30)], groups=groups)
+    train, val, note = quality.tuning_split(pairs)
+    assert (len(train), len(val)) == (24, 6) and "2 of 10 training groups" in note
+    assert not set(train.groups) & set(val.groups)  # whole groups on one side
+    assert sorted(train.questions + val.questions) == sorted(pairs.questions)
+    again = quality.tuning_split(pairs)[1]
+    assert again.questions == val.questions  # seeded
+    ungrouped = Pairs(pairs.questions, pairs.answers)
+    assert len(quality.tuning_split(ungrouped)[1]) == 6
