@@ -48,6 +48,9 @@ class EncoderConfig:
     pretrained: bool = True  # False: random init from the same config (as the original lesson)
     max_q_len: int = 32  # question tokens kept
     max_a_len: int = 128  # answer tokens kept
+    attention_dropout: float | None = None  # dropout on the attention weights in training; None =
+    # the backbone's own (MiniLM: 0.1). At 0 the CPU's fused attention kernel runs: faster training,
+    # not the default (benchmarks/results/levers-attn-dropout.md)
     model_overrides: tuple[tuple[str, object], ...] = ()  # config fields for random init, e.g. tiny
 
     @property
@@ -88,7 +91,8 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps (None = all epochs)
     checkpoint_every: int | None = None  # also checkpoint every N steps; None = epoch ends only
     answer_chunks: int | None = None  # length-sorted chunks per batch of answers (and of the
-    # detector's texts); None = 4 on CPU (less padding computed), 1 on CUDA (fewer launches)
+    # detector's texts); None = 4 on CPU (shorter attention; the token-wise layers skip the
+    # padding anyway, qa_lib.packed), 1 on CUDA (fewer launches)
     grad_cache_chunk: int | None = None  # gradient caching: rows per forward pass (None = off)
     compile: bool = False  # torch.compile the towers (pays off on GPU for long runs)
     precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware

@@ -4,6 +4,9 @@ Each tower turns a token batch into one vector: the backbone's token vectors, po
 optionally projected, normalised for cosine scores, and on the answer side followed by the question
 flag's column (:mod:`qa_lib.question_flag`). ``embed_*`` is the differentiable path on token
 batches (training); ``encode_*`` embeds texts for evaluation and search (:mod:`qa_lib.inference`).
+On the CPU a plain BERT tower runs without its padding (:mod:`qa_lib.packed`) and its word
+embeddings' gradient touches only the rows used (:mod:`qa_lib.row_grad`): the same numbers, less
+work.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from qa_lib.config import EncoderConfig, resolve_model_name
 from qa_lib.errors import QAError
 from qa_lib.hub import load_backbone, load_tokenizer
 from qa_lib.inference import encode_texts
+from qa_lib.packed import can_pack, packed_forward
 from qa_lib.question_flag import QuestionFlag, flag_features, flag_layer
+from qa_lib.row_grad import use_row_gradients
 from qa_lib.saving import read_heads, read_options, read_towers, save_model
 
 POOLINGS = ("mean", "cls")
@@ -68,6 +73,23 @@ def first_layers(encoder: nn.Module, n: int) -> Iterator[None]:
         encoder.encoder.layer = layers
 
 
+@contextmanager
+def layer_output(encoder: nn.Module, n: int) -> Iterator[list[torch.Tensor]]:
+    """Capture ``hidden_states[n]`` (n >= 1: the output of transformer layer ``n - 1``) of the
+    forward passes run inside the block, into the yielded list.
+
+    The same tensor as ``output_hidden_states=True`` returns, without collecting every layer's.
+    """
+    captured: list[torch.Tensor] = []
+    hook = encoder.encoder.layer[n - 1].register_forward_hook(
+        lambda _module, _args, out: captured.append(out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        yield captured
+    finally:
+        hook.remove()
+
+
 class DualEncoder(nn.Module):
     """A question tower and an answer tower whose embeddings are compared by a dot product.
 
@@ -81,6 +103,9 @@ class DualEncoder(nn.Module):
         self.config = config
         self.q_encoder = q_encoder
         self.a_encoder = q_encoder if config.tied else a_encoder
+        for encoder in (self.q_encoder, self.a_encoder):
+            use_row_gradients(encoder)  # CPU: no dense zero gradient per forward call
+        self.set_attention_dropout(config.attention_dropout)
         hidden = q_encoder.config.hidden_size
         make_head = (lambda: nn.Linear(hidden, config.proj_dim)) if config.proj_dim else nn.Identity
         self.q_proj = make_head()
@@ -90,6 +115,8 @@ class DualEncoder(nn.Module):
         self.tokenizer = tokenizer
         # encoding for search: "auto" = bf16 where the hardware has it (qa_lib.runtime)
         self.precision = "auto"
+        self.packed = True  # on the CPU, run the towers without their padding (qa_lib.packed)
+        self.compiled = False  # set by qa_lib.train.prepare_model with TrainConfig.compile
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -156,6 +183,22 @@ class DualEncoder(nn.Module):
         """The answer tower's hidden layer the question flag reads (0 = the token embeddings)."""
         return flag_layer(self.a_encoder.config.num_hidden_layers, self.config.flag_depth)
 
+    def set_attention_dropout(self, p: float | None) -> None:
+        """Dropout on both towers' attention weights in training mode; None = each tower's own.
+
+        Raises:
+            QAError: ``p`` is outside [0, 1).
+        """
+        if p is not None and not 0 <= p < 1:
+            raise QAError(f"attention dropout {p}: use a value in [0, 1), or None for the towers'")
+        for encoder in (self.q_encoder, self.a_encoder):
+            own = getattr(encoder.config, "attention_probs_dropout_prob", None)
+            value = own if p is None else p
+            for module in encoder.modules():
+                is_attention = type(module).__name__.endswith("SelfAttention")
+                if value is not None and is_attention and hasattr(module, "dropout"):
+                    module.dropout.p = value
+
     # ------------------------------------------------------------------ differentiable path
     def tokenize(self, texts: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
         """Tokenise and pad to the longest text (at most ``max_len`` tokens)."""
@@ -169,15 +212,31 @@ class DualEncoder(nn.Module):
         """
         encoder = self.q_encoder if side == "question" else self.a_encoder
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        needs_middle = self.has_question_flag and side == "answer"
-        out = encoder(**batch, output_hidden_states=needs_middle)
         mask = batch["attention_mask"]
-        pooled = pool(out.last_hidden_state, mask, self.config.pooling)
-        if not needs_middle:
+        flagged = self.has_question_flag and side == "answer"
+        last, middle = self._backbone(encoder, batch, self.flag_layer if flagged else 0)
+        pooled = pool(last, mask, self.config.pooling)
+        if not flagged:
             return pooled, None
-        return pooled, flag_features(
-            out.hidden_states[self.flag_layer], mask, self.config.flag_features
-        )
+        return pooled, flag_features(middle, mask, self.config.flag_features)
+
+    def _backbone(self, encoder: nn.Module, batch: dict, capture: int = 0):
+        """``(last hidden state, hidden_states[capture] or None)`` of one tower on a batch.
+
+        On the CPU a plain BERT runs without its padding (:mod:`qa_lib.packed`), elsewhere
+        transformers' own forward does. A compiled tower (``TrainConfig.compile``) runs its own
+        compiled forward, asked for every hidden state: a hook would break its graph.
+        """
+        if self.compiled:
+            out = encoder(**batch, output_hidden_states=bool(capture))
+            return out.last_hidden_state, out.hidden_states[capture] if capture else None
+        if self.packed and encoder.device.type == "cpu" and can_pack(encoder):
+            return packed_forward(encoder, batch["input_ids"], batch["attention_mask"], capture)
+        if not capture:
+            return encoder(**batch).last_hidden_state, None
+        with layer_output(encoder, capture) as middle:
+            out = encoder(**batch)
+        return out.last_hidden_state, middle[0]
 
     def _finish(self, side: str, pooled: torch.Tensor, middle: torch.Tensor | None):
         """Pooled vectors to embeddings: projection, normalisation, the question flag column."""
@@ -218,12 +277,10 @@ class DualEncoder(nn.Module):
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         try:
             with torch.no_grad(), first_layers(self.a_encoder, self.flag_layer):
-                out = self.a_encoder(**batch, output_hidden_states=True)
+                last, _ = self._backbone(self.a_encoder, batch)  # its last layer is the flag's
         finally:
             self.a_encoder.train(was_training)
-        middle = flag_features(
-            out.hidden_states[self.flag_layer], batch["attention_mask"], self.config.flag_features
-        )
+        middle = flag_features(last, batch["attention_mask"], self.config.flag_features)
         return self.question_flag(middle)[:, 0]
 
     def forward(self, q_batch: dict, a_batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -99,6 +99,11 @@ VARIANTS: dict[str, Variant] = {
         "answer space",
         train=dict(answer_lr_scale=0.0),
     ),
+    "qa_lib_attn0": Variant(
+        "qa_lib without dropout on the attention weights (issue 19's speed lever: the CPU's "
+        "fused attention kernel runs)",
+        encoder=lambda c: replace(c, attention_dropout=0.0),
+    ),
     "flag_lr_0.02": Variant(
         "the question flag's detector at learning rate 0.02 (default 0.1)",
         train=dict(flag_lr=0.02),

@@ -107,6 +107,7 @@ def read_options(folder: Path) -> EncoderConfig:
     options["model_overrides"] = tuple(options.get("model_overrides", {}).items())
     options.setdefault("question_flag", False)  # saved before the flag existed: none
     options.setdefault("flag_features", "mean")  # saved before the detector read the ends
+    options.setdefault("attention_dropout", None)  # saved before: the backbone's own dropout
     return EncoderConfig(**options)
 
 

@@ -114,6 +114,7 @@ def prepare_model(model, config: TrainConfig):
     if config.compile:
         for encoder in {id(m): m for m in (model.q_encoder, model.a_encoder)}.values():
             encoder.compile(dynamic=None)
+        model.compiled = True
     return model
 
 

@@ -31,6 +31,11 @@ from qa_lib.distributed import (
 
 TESTS = Path(__file__).resolve().parent
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
+# Weights after a few AdamW steps: a gradient that rounding leaves near zero still moves its weight
+# by up to lr, in the direction of the rounding, and two processes sum each embedding row in
+# another order than one (qa_lib.row_grad adds the rows as they come): one weight of a million
+# came out 1.04e-5 apart. The gradients themselves are compared at TOLERANCE.
+WEIGHT_TOLERANCE = dict(atol=2e-5, rtol=1e-5)
 
 
 def test_shards_are_contiguous_and_cover_the_batch_in_order():
@@ -107,7 +112,9 @@ def _load(out: Path, name: str) -> list[dict]:
 def _assert_same_weights(state_a: dict, state_b: dict) -> None:
     assert state_a.keys() == state_b.keys()
     for name, value in state_a.items():
-        assert_close(value, state_b[name], **TOLERANCE, msg=lambda m, name=name: f"{name}: {m}")
+        assert_close(
+            value, state_b[name], **WEIGHT_TOLERANCE, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.parametrize("name", [*CASES, "resumed"])

@@ -64,3 +64,45 @@ def test_packaged_model_loads_offline():
         ["Paris is the capital of France.", "Bananas are yellow."],
     )
     assert scores[0, 0] > scores[0, 1]
+
+
+def test_layer_output_is_the_hidden_state_transformers_returns(tiny_model):
+    from qa_lib.encoders import layer_output
+
+    batch = tiny_model.tokenize(TEXTS, 16)
+    encoder = tiny_model.a_encoder.eval()
+    full = encoder(**batch, output_hidden_states=True).hidden_states
+    hooks = [dict(layer._forward_hooks) for layer in encoder.encoder.layer]  # transformers' own
+    for n in range(1, len(full)):
+        with layer_output(encoder, n) as captured:
+            encoder(**batch)
+        assert len(captured) == 1
+        assert_close(captured[0], full[n])
+    assert [dict(layer._forward_hooks) for layer in encoder.encoder.layer] == hooks  # ours removed
+
+
+def test_attention_dropout_is_set_and_the_backbones_own_restored(tiny_model):
+    def rates():
+        return {
+            m.dropout.p
+            for e in (tiny_model.q_encoder, tiny_model.a_encoder)
+            for m in e.modules()
+            if type(m).__name__.endswith("SelfAttention")
+        }
+
+    own = {tiny_model.a_encoder.config.attention_probs_dropout_prob}
+    assert rates() == own == {0.1}  # EncoderConfig's default: the backbone's own
+    tiny_model.set_attention_dropout(0.0)
+    assert rates() == {0.0}
+    tiny_model.set_attention_dropout(None)
+    assert rates() == own
+    with pytest.raises(QAError, match="attention dropout"):
+        tiny_model.set_attention_dropout(1.5)
+
+
+def test_a_saved_model_keeps_its_attention_dropout(tiny_config, tmp_path):
+    model = DualEncoder.from_config(tiny_config, attention_dropout=0.0)
+    loaded = DualEncoder.load(model.save(tmp_path / "m"))
+    assert loaded.config.attention_dropout == 0.0
+    attention = loaded.a_encoder.encoder.layer[0].attention.self
+    assert attention.dropout.p == 0.0  # not the backbone's 0.1: as saved

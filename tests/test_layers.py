@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qa_lib"
 LAYERS = (
     ("errors",),  # support
     ("config", "files", "runtime", "distributed"),
-    ("data", "hub", "checkpoint", "batching", "losses", "question_flag", "bm25", "optim"),
+    ("data", "hub", "packed", "row_grad", "checkpoint", "batching", "losses", "question_flag")
+    + ("bm25", "optim"),
     ("inference", "saving", "metrics", "trec"),  # the parts of a model and of its measurement
     ("encoders", "hybrid", "gradcache", "negatives"),
     ("evaluate", "step", "export", "index"),

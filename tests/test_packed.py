@@ -1,0 +1,61 @@
+"""qa_lib.packed: the towers' forward pass without the padding, against transformers' own."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from qa_lib.batching import collate
+from qa_lib.packed import can_pack, packed_forward
+
+TEXTS = ["a b", "a much longer text with many more tokens than the others", "what is it?", "x"]
+
+
+def test_hidden_states_match_transformers_on_the_real_tokens(tiny_model):
+    encoder = tiny_model.a_encoder.eval()
+    batch = tiny_model.tokenize(TEXTS, 32)
+    mask = batch["attention_mask"].bool()
+    assert not mask.all()  # the batch has padding to skip
+    with torch.no_grad():
+        ref = encoder(**batch, output_hidden_states=True).hidden_states
+        for capture in range(1, len(ref)):
+            last, middle = packed_forward(encoder, batch["input_ids"], mask.long(), capture)
+            assert_close(last[mask], ref[-1][mask], rtol=1e-5, atol=1e-5)
+            assert_close(middle[mask], ref[capture][mask], rtol=1e-5, atol=1e-5)
+            assert (last[~mask] == 0).all()
+    assert packed_forward(encoder, batch["input_ids"], mask.long())[1] is None
+
+
+def _gradients(model, packed: bool) -> dict[str, torch.Tensor]:
+    model = copy.deepcopy(model).eval()  # no dropout: the two passes' gradients compare exactly
+    model.packed = packed
+    ids = model.tokenizer(TEXTS)["input_ids"]
+    q_emb = model.embed_questions(collate(ids, 0))
+    a_emb = model.embed_answers(collate(ids[::-1], 0))
+    loss = nn.functional.cross_entropy(20 * q_emb @ a_emb.T, torch.arange(4).flip(0))
+    (loss + model.flag_columns(collate(ids, 0)).sum()).backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_same_embeddings_and_gradients_as_the_padded_pass(tiny_model):
+    unpacked = copy.deepcopy(tiny_model)
+    unpacked.packed = False
+    assert_close(
+        tiny_model.encode_answers(TEXTS), unpacked.encode_answers(TEXTS), atol=1e-5, rtol=1e-5
+    )
+    packed, padded = _gradients(tiny_model, True), _gradients(tiny_model, False)
+    assert packed.keys() == padded.keys()
+    assert "question_flag.probe.weight" in packed  # the detector's pass ran packed too
+    for name in padded:
+        assert_close(packed[name], padded[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_only_plain_bert_encoders_are_packed(tiny_model):
+    assert can_pack(tiny_model.a_encoder)
+    assert not can_pack(nn.Linear(2, 2))
+    decoder = copy.deepcopy(tiny_model.a_encoder)
+    decoder.config.is_decoder = True
+    assert not can_pack(decoder)
