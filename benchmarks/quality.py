@@ -115,7 +115,14 @@ ECHO_EXTRA = ("echo_negative", "echo_negative_w0.1", "flag_lr_0.02")  # with --e
 # with --echo-study: the obvious ways to keep questions out of the answers' places, side by side
 ECHO_STUDY = ("qa_lib_noecho", "exact_filter", "rule_filter", "echo_negative", "flag_v1", "qa_lib")
 # issue 16's levers for separate towers, each a variant of qa_lib.experiments (with --tune)
-LEVERS = ("qa_lib_symmetric", "qa_lib_lr2e-5", "qa_lib_lr1e-4", "qa_lib_alr0.3", "qa_lib_alr0")
+LEVERS = (
+    "qa_lib_symmetric",
+    "qa_lib_lr2e-5",
+    "qa_lib_lr1e-4",
+    "qa_lib_alr0.3",
+    "qa_lib_alr0",
+    "qa_lib_attn0",
+)
 SYSTEMS = tuple(dict.fromkeys(MAIN_SYSTEMS + ECHO_EXTRA + ECHO_STUDY + LEVERS))
 # echo-trade-off systems: the same towers or training, differing in how the echo is pushed down
 ECHO_VARIANTS = (

@@ -16,11 +16,24 @@ Measured in one run, same model, batch, data and lengths, each system in its own
   qa_lib-fp32    qa_lib with ``precision="fp32"`` (CPU preset: the gain without bf16)
   qa_lib-noecho-fp32  qa_lib-noecho in fp32 (with qa_lib-fp32: the echo's cost on CPUs without bf16)
   qa_lib-compile, qa_lib-noecho-compile  the same with torch.compile (GPU preset)
+  qa_lib-densegrad  qa_lib with PyTorch's own word-embedding backward (a dense zero gradient per
+          forward call) instead of qa_lib.row_grad's: that lever's share
+  qa_lib-unpacked  qa_lib with the towers' padded forward (transformers' own) instead of
+          qa_lib.packed's: that lever's share
+  qa_lib-attn0   qa_lib with ``attention_dropout=0`` instead of MiniLM's 0.1: the CPU's fused
+          attention kernel runs (a lever, not the default)
+
+``--precision fp32`` measures as a CPU without native bf16 does (qa_lib's "auto" resolves to fp32
+there; st-bf16, emulated, is skipped): every qa_lib row and the encoding run fp32. On a CPU
+without native bf16 that is what happens anyway. ``--repeats N`` runs the systems N times,
+interleaved, and reports each one's median (and its range): the machine's noise, measured.
 
 Steady-state pairs/s are timed between step boundaries after warm-up steps (with a device
 synchronise at each boundary; qa_lib's boundaries come from ``fit``'s ``on_step`` hook, st's from
 a trainer callback). Encoding compares qa_lib's ``encode_answers`` with the raw forward pass of
-the answer tower on pre-tokenised, length-sorted batches.
+the answer tower on pre-tokenised batches sorted by characters as ``encode_answers`` sorts them
+(``raw_forward_tokens``: sorted by token count, the padding that sorting would save) and with
+sentence-transformers' ``encode``.
 
     python benchmarks/throughput.py                  # CPU: packaged MiniLM, nq-sample pairs
     python benchmarks/throughput.py --preset gpu     # CUDA: BERT-base-sized towers, fixed shape
@@ -67,6 +80,7 @@ class Spec:
     model_dir: str = ""  # filled by the parent
     grad_cache_chunk: int | None = None
     encode_count: int = 1000
+    precision: str = "auto"  # qa_lib's precision (the -fp32 rows: always fp32)
 
 
 # ----------------------------------------------------------------------------- data and model
@@ -201,13 +215,24 @@ def run_qa_lib(
     clock: Clock,
     echo: bool = True,
     compile: bool = False,
-    precision: str = "auto",
+    precision: str | None = None,
+    dense_grad: bool = False,
+    packed: bool = True,
+    **encoder: object,
 ) -> None:
+    from torch import nn
+
     from qa_lib import DualEncoder, EncoderConfig, Pairs, TrainConfig, fit
 
     model = DualEncoder.from_config(
-        EncoderConfig(model=spec.model_dir, max_q_len=spec.max_q_len, max_a_len=spec.max_a_len)
+        EncoderConfig(
+            model=spec.model_dir, max_q_len=spec.max_q_len, max_a_len=spec.max_a_len, **encoder
+        )
     )
+    model.packed = packed
+    if dense_grad:  # undo qa_lib.row_grad: PyTorch's embedding backward
+        for encoder in (model.q_encoder, model.a_encoder):
+            encoder.get_input_embeddings().__class__ = nn.Embedding
     config = TrainConfig(
         batch_size=spec.batch_size,
         lr=spec.lr,
@@ -217,7 +242,7 @@ def run_qa_lib(
         device=spec.device,
         grad_cache_chunk=spec.grad_cache_chunk,
         compile=compile,
-        precision=precision,
+        precision=precision or spec.precision,
     )
     n = (spec.warmup + spec.steps + 2) * spec.batch_size
     pairs = Pairs(questions[:n], answers[:n])
@@ -235,15 +260,20 @@ def run_encode(spec: Spec, questions, answers) -> dict:
     texts = answers[: spec.encode_count]
     model = DualEncoder.from_config(EncoderConfig(model=spec.model_dir, max_a_len=spec.max_a_len))
     model.to(spec.device).eval()
-    batches = [
-        model.tokenize([texts[i] for i in chunk], spec.max_a_len)
-        for chunk in sorted_chunks([len(t) for t in texts], 64, longest_first=True)
-    ]
+    model.precision = spec.precision
     sync = torch.cuda.synchronize if spec.device.startswith("cuda") else (lambda: None)
 
-    def raw() -> None:
-        with torch.inference_mode(), autocast(model.device):
-            for batch in batches:
+    def batches(lengths: list[int]) -> list[dict]:
+        chunks = sorted_chunks(lengths, 64, longest_first=True)
+        return [model.tokenize([texts[i] for i in chunk], spec.max_a_len) for chunk in chunks]
+
+    lengths = model.tokenizer(texts, truncation=True, max_length=spec.max_a_len)["input_ids"]
+    by_tokens = batches([len(x) for x in lengths])
+    by_chars = batches([len(t) for t in texts])  # as encode_answers batches
+
+    def raw(token_batches: list[dict]) -> None:
+        with torch.inference_mode(), autocast(model.device, model.precision):
+            for batch in token_batches:
                 model.embed_answers(batch)
         sync()
 
@@ -254,8 +284,14 @@ def run_encode(spec: Spec, questions, answers) -> dict:
         return len(texts) / (time.perf_counter() - start)
 
     result = {
-        "raw_forward": timed(raw),
+        "raw_forward": timed(lambda: raw(by_chars)),
+        "raw_forward_tokens": timed(lambda: raw(by_tokens)),
         "qa_lib_encode": timed(lambda: model.encode_answers(texts, batch_size=64)),
+        "padded_tokens": {
+            "tokens": sum(int(b["attention_mask"].sum()) for b in by_tokens),
+            "by_tokens": sum(b["attention_mask"].numel() for b in by_tokens),
+            "by_chars": sum(b["attention_mask"].numel() for b in by_chars),
+        },
     }
     try:
         st = peers.st_model(spec.model_dir, max_seq_length=spec.max_a_len, device=spec.device)
@@ -289,6 +325,9 @@ def worker(system: str, spec: Spec) -> dict:
             "qa_lib-noecho-fp32": lambda *a: run_qa_lib(*a, echo=False, precision="fp32"),
             "qa_lib-compile": lambda *a: run_qa_lib(*a, compile=True),
             "qa_lib-noecho-compile": lambda *a: run_qa_lib(*a, echo=False, compile=True),
+            "qa_lib-densegrad": lambda *a: run_qa_lib(*a, dense_grad=True),
+            "qa_lib-unpacked": lambda *a: run_qa_lib(*a, packed=False),
+            "qa_lib-attn0": lambda *a: run_qa_lib(*a, attention_dropout=0.0),
         }[system]
         runner(spec, questions, answers, clock)
         result = {"pairs_per_s": clock.pairs_per_s(spec)}
@@ -344,7 +383,44 @@ def run_worker(system: str, spec: Spec) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-TRAIN_COLUMNS = ("pairs/s", "× st", "peak memory (MiB)", "MFU")
+def cpu_name() -> str:
+    """The CPU's model name (Linux), its core count and whether it multiplies bf16 natively."""
+    import torch
+
+    from qa_lib.runtime import native_bf16
+
+    name = os.uname().machine
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        models = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        name = models[0] if models else name
+    bf16 = "native bf16" if native_bf16(torch.device("cpu")) else "no native bf16"
+    return f"{name}, {os.cpu_count()} cores, {bf16}"
+
+
+def median_result(runs: list[dict]) -> dict:
+    """One system's repeats: the median of each rate (mean of the middle two for an even count),
+    with every run's values; the other fields (memory) from the first run."""
+    import statistics
+
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    merged = dict(ok[0])
+    keys = [k for k, v in ok[0].items() if isinstance(v, float) and k not in ("wall_s",)]
+    keys = [k for k in keys if k == "pairs_per_s" or "peak" not in k]
+    for key in keys:
+        values = [r[key] for r in ok]
+        merged[key] = statistics.median(values)
+        merged["runs" if key == "pairs_per_s" else f"{key}_runs"] = values
+    return merged
+
+
+TRAIN_COLUMNS = ("pairs/s", "range", "× st", "peak memory (MiB)", "MFU")
 
 
 def training_row(r: dict, base: float | None) -> dict:
@@ -352,12 +428,45 @@ def training_row(r: dict, base: float | None) -> dict:
     if "pairs_per_s" not in r:
         return {"pairs/s": f"failed: {r['error'][:80]}"} | dict.fromkeys(TRAIN_COLUMNS[1:], "")
     mem = r.get("peak_gpu_mib", r["peak_rss_mib"])
+    runs = r.get("runs", [r["pairs_per_s"]])
     return {
         "pairs/s": f"{r['pairs_per_s']:.1f}",
+        "range": f"{min(runs):.1f}-{max(runs):.1f}" if len(runs) > 1 else "-",
         "× st": f"{r['pairs_per_s'] / base:.2f}" if base else "-",
         "peak memory (MiB)": f"{mem:.0f}",
         "MFU": f"{r['mfu']:.0%}" if "mfu" in r else "-",
     }
+
+
+ENCODERS = ("raw_forward", "raw_forward_tokens", "qa_lib_encode", "st_encode")
+
+
+def encoding_table(enc: dict) -> str:
+    """passages/s of each encoder, with its ratio to the raw forward and to st's ``encode``."""
+    from qa_lib.reporting import markdown_table
+
+    st = enc.get("st_encode")
+    rows = {
+        key: {
+            "passages/s": f"{enc[key]:.1f}",
+            "range": "-".join(f"{f(enc[f'{key}_runs']):.1f}" for f in (min, max))
+            if len(enc.get(f"{key}_runs", [])) > 1
+            else "-",
+            "× raw forward": f"{enc[key] / enc['raw_forward']:.2f}",
+            "× st encode": f"{enc[key] / st:.2f}" if st else "-",
+        }
+        for key in ENCODERS
+        if key in enc
+    }
+    columns = ("passages/s", "range", "× raw forward", "× st encode")
+    text = markdown_table(rows, columns, "encoding (answers)")
+    pad = enc.get("padded_tokens")
+    if pad:
+        text += (
+            f"\n\n{pad['tokens']:,} tokens in {pad['by_tokens']:,} padded slots sorted by tokens, "
+            f"{pad['by_chars']:,} sorted by characters (batch 64)."
+        )
+    return text
 
 
 def table(results: dict, spec: Spec) -> str:
@@ -371,19 +480,9 @@ def table(results: dict, spec: Spec) -> str:
         if name != "encode" and ("pairs_per_s" in r or "error" in r)
     }
     first = f"training loop ({spec.preset}, batch {spec.batch_size}, {spec.device})"
-    text = markdown_table(rows, TRAIN_COLUMNS, first)
-    enc = results.get("encode", {})
-    if "raw_forward" in enc:
-        encoding = {
-            key: {
-                "passages/s": f"{enc[key]:.1f}",
-                "× raw forward": f"{enc[key] / enc['raw_forward']:.2f}",
-            }
-            for key in ("raw_forward", "qa_lib_encode", "st_encode")
-            if key in enc
-        }
-        columns = ("passages/s", "× raw forward")
-        text += "\n\n" + markdown_table(encoding, columns, "encoding (answers)")
+    text = markdown_table(rows, TRAIN_COLUMNS, first) if rows else ""
+    if "raw_forward" in results.get("encode", {}):
+        text += ("\n\n" if text else "") + encoding_table(results["encode"])
     return text
 
 
@@ -394,6 +493,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32"),
+        default="auto",
+        help="fp32: measure qa_lib as on a CPU without native bf16 (st-bf16 skipped)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="run the systems this many times, interleaved"
+    )
     parser.add_argument(
         "--grad-cache",
         action="store_true",
@@ -414,41 +522,56 @@ def make_spec(args: argparse.Namespace, gpu: bool) -> Spec:
         warmup=args.warmup or (5 if gpu else 2),
         steps=args.steps or (20 if gpu else 8),
         encode_count=20_000 if gpu else 1000,
+        precision=args.precision,
     )
 
 
-def system_names(args: argparse.Namespace, gpu: bool) -> list[str]:
-    """The systems to run: ``--systems``, else the preset's; ``gradcache`` with ``--grad-cache``."""
+def system_names(args: argparse.Namespace, gpu: bool) -> tuple[list[str], list[str]]:
+    """The systems to run (``--systems``, else the preset's; ``gradcache`` with ``--grad-cache``)
+    and notes on those skipped: emulated bf16 for st on a CPU without native bf16."""
+    import torch
+
+    from qa_lib.runtime import native_bf16
+
     cpu_systems = "plain,st,st-bf16,qa_lib,qa_lib-noecho,qa_lib-fp32,encode"
     systems = (
         args.systems or ("plain,st,qa_lib,qa_lib-noecho,encode" if gpu else cpu_systems)
     ).split(",")
     if args.grad_cache and "gradcache" not in systems:
         systems.append("gradcache")
-    return systems
+    notes = []
+    emulated = args.precision == "fp32" or not native_bf16(torch.device("cpu"))
+    if not gpu and emulated and "st-bf16" in systems:
+        systems.remove("st-bf16")
+        notes.append("st-bf16 skipped: without native bf16 the CPU emulates it (over 6 min a run)")
+    return systems, notes
 
 
-def run_systems(systems: list[str], spec: Spec, gpu: bool) -> dict:
-    """Each system's result, each in its own worker; ``gradcache`` is qa_lib on a large batch."""
-    results = {}
-    for system in systems:
-        print(f"running {system} ...", file=sys.stderr, flush=True)
-        if system == "gradcache":
-            big = Spec(
-                **{
-                    **asdict(spec),
-                    "batch_size": 4096 if gpu else 512,
-                    "warmup": 1,
-                    "steps": 2,
-                    "grad_cache_chunk": 128 if gpu else 32,
-                }
-            )
-            system = f"qa_lib batch {big.batch_size} + grad cache {big.grad_cache_chunk}"
-            results[system] = run_worker("qa_lib", big)
-        else:
-            results[system] = run_worker(system, spec)
-        print(f"  {results[system]}", file=sys.stderr, flush=True)
-    return results
+def run_systems(systems: list[str], spec: Spec, gpu: bool, repeats: int = 1) -> dict:
+    """Each system's result, each in its own worker, ``repeats`` rounds (median kept);
+    ``gradcache`` is qa_lib on a large batch."""
+    runs: dict[str, list[dict]] = {}
+    for round_ in range(repeats):
+        for system in systems:
+            print(f"running {system} (round {round_ + 1}) ...", file=sys.stderr, flush=True)
+            name, worker_spec, worker_system = system, spec, system
+            if system == "gradcache":
+                worker_spec = Spec(
+                    **{
+                        **asdict(spec),
+                        "batch_size": 4096 if gpu else 512,
+                        "warmup": 1,
+                        "steps": 2,
+                        "grad_cache_chunk": 128 if gpu else 32,
+                    }
+                )
+                big, chunk = worker_spec.batch_size, worker_spec.grad_cache_chunk
+                name = f"qa_lib batch {big} + grad cache {chunk}"
+                worker_system = "qa_lib"
+            result = run_worker(worker_system, worker_spec)
+            runs.setdefault(name, []).append(result)
+            print(f"  {result}", file=sys.stderr, flush=True)
+    return {name: median_result(r) for name, r in runs.items()}
 
 
 def add_mfu(results: dict, spec: Spec, gpu: bool) -> tuple[float | None, float]:
@@ -473,22 +596,28 @@ def main() -> None:
     if gpu and not torch.cuda.is_available():
         sys.exit("--preset gpu needs a CUDA device")
     spec = make_spec(args, gpu)
+    systems, notes = system_names(args, gpu)
     with tempfile.TemporaryDirectory() as tmp:
         spec.model_dir = prepare_model_dir(args.preset, Path(tmp))
-        results = run_systems(system_names(args, gpu), spec, gpu)
+        results = run_systems(systems, spec, gpu, args.repeats)
         ceiling, useful = add_mfu(results, spec, gpu)
+    device_name = torch.cuda.get_device_name() if gpu else cpu_name()
+    measured = f"measured on {device_name}; torch {torch.__version__}"
+    if not gpu:
+        measured += f"; qa_lib precision {args.precision}"
+    if args.repeats > 1:
+        measured += f"; median of {args.repeats} interleaved runs"
     record = {
         "spec": asdict(spec),
         "results": results,
         "bf16_matmul_tflops": ceiling,
         "torch": torch.__version__,
-        "device_name": torch.cuda.get_device_name()
-        if gpu
-        else os.uname().machine + f", {os.cpu_count()} cores",
+        "device_name": device_name,
+        "notes": notes,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = table(results, spec)
+    text = "\n\n".join([table(results, spec), measured + "."] + notes)
     (out / f"throughput-{args.preset}.json").write_text(json.dumps(record, indent=2))
     (out / f"throughput-{args.preset}.md").write_text(text + "\n")
     print(text)
