@@ -411,8 +411,9 @@ def median_result(runs: list[dict]) -> dict:
     if not ok:
         return runs[0]
     merged = dict(ok[0])
-    keys = [k for k, v in ok[0].items() if isinstance(v, float) and k not in ("wall_s",)]
-    keys = [k for k in keys if k == "pairs_per_s" or "peak" not in k]
+    keys = [  # the rates: every float but the wall time and peak memory
+        k for k, v in ok[0].items() if isinstance(v, float) and k != "wall_s" and "peak" not in k
+    ]
     for key in keys:
         values = [r[key] for r in ok]
         merged[key] = statistics.median(values)

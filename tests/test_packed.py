@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
+from qa_lib import DualEncoder
 from qa_lib.batching import collate
 from qa_lib.packed import can_pack, packed_forward
 
@@ -59,3 +60,19 @@ def test_only_plain_bert_encoders_are_packed(tiny_model):
     decoder = copy.deepcopy(tiny_model.a_encoder)
     decoder.config.is_decoder = True
     assert not can_pack(decoder)
+
+
+def test_with_dropout_on_a_seed_trains_the_same_towers_packed_or_not(tiny_config, tiny_splits):
+    from qa_lib import TrainConfig, fit
+
+    train, _ = tiny_splits
+    config = TrainConfig(batch_size=32, num_epochs=1, precision="fp32", seed=0)
+    losses = {}
+    for packed in (True, False):
+        model = DualEncoder.from_config(tiny_config, seed=0)
+        assert model.q_encoder.config.hidden_dropout_prob > 0  # dropout is on while training
+        model.packed = packed
+        losses[packed] = fit(model, train, config=config, progress=False).step_loss
+    assert len(losses[True]) == 3
+    # the same dropout masks: a different mask would move the loss by far more than rounding
+    assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-5, atol=1e-6)
