@@ -31,9 +31,11 @@ interleaved, and reports each one's median (and its range): the machine's noise,
 Steady-state pairs/s are timed between step boundaries after warm-up steps (with a device
 synchronise at each boundary; qa_lib's boundaries come from ``fit``'s ``on_step`` hook, st's from
 a trainer callback). Encoding compares qa_lib's ``encode_answers`` with the raw forward pass of
-the answer tower on pre-tokenised batches sorted by characters as ``encode_answers`` sorts them
-(``raw_forward_tokens``: sorted by token count, the padding that sorting would save) and with
-sentence-transformers' ``encode``.
+the answer tower on pre-tokenised batches sorted by characters (``raw_forward``; ``encode_answers``
+sorts by characters, then by token count within each block it tokenises) and by token count over
+all texts (``raw_forward_tokens``: the least padding), and with sentence-transformers' ``encode``,
+on 1,000 answers: after a warm-up pass each, three timed passes of each function in turn, the
+median kept.
 
     python benchmarks/throughput.py                  # CPU: packaged MiniLM, nq-sample pairs
     python benchmarks/throughput.py --preset gpu     # CUDA: BERT-base-sized towers, fixed shape
@@ -80,6 +82,7 @@ class Spec:
     model_dir: str = ""  # filled by the parent
     grad_cache_chunk: int | None = None
     encode_count: int = 1000
+    encode_rounds: int = 3  # timed passes per encoding function, taken in turn (median)
     precision: str = "auto"  # qa_lib's precision (the -fp32 rows: always fp32)
 
 
@@ -88,7 +91,7 @@ class Spec:
 
 def load_texts(spec: Spec) -> tuple[list[str], list[str]]:
     """Real nq-sample pairs on CPU; on the GPU preset, texts that fill exactly 32/128 tokens."""
-    n = (spec.warmup + spec.steps + 2) * spec.batch_size
+    n = max((spec.warmup + spec.steps + 2) * spec.batch_size, spec.encode_count)
     if spec.preset == "cpu":
         from qa_lib import load_pairs
 
@@ -269,7 +272,7 @@ def run_encode(spec: Spec, questions, answers) -> dict:
 
     lengths = model.tokenizer(texts, truncation=True, max_length=spec.max_a_len)["input_ids"]
     by_tokens = batches([len(x) for x in lengths])
-    by_chars = batches([len(t) for t in texts])  # as encode_answers batches
+    by_chars = batches([len(t) for t in texts])  # as encode_answers first sorts
 
     def raw(token_batches: list[dict]) -> None:
         with torch.inference_mode(), autocast(model.device, model.precision):
@@ -277,30 +280,41 @@ def run_encode(spec: Spec, questions, answers) -> dict:
                 model.embed_answers(batch)
         sync()
 
-    def timed(fn) -> float:
-        fn()  # warm-up
-        start = time.perf_counter()
-        fn()
-        return len(texts) / (time.perf_counter() - start)
-
-    result = {
-        "raw_forward": timed(lambda: raw(by_chars)),
-        "raw_forward_tokens": timed(lambda: raw(by_tokens)),
-        "qa_lib_encode": timed(lambda: model.encode_answers(texts, batch_size=64)),
-        "padded_tokens": {
-            "tokens": sum(int(b["attention_mask"].sum()) for b in by_tokens),
-            "by_tokens": sum(b["attention_mask"].numel() for b in by_tokens),
-            "by_chars": sum(b["attention_mask"].numel() for b in by_chars),
-        },
+    systems = {
+        "raw_forward": lambda: raw(by_chars),
+        "raw_forward_tokens": lambda: raw(by_tokens),
+        "qa_lib_encode": lambda: model.encode_answers(texts, batch_size=64),
     }
     try:
         st = peers.st_model(spec.model_dir, max_seq_length=spec.max_a_len, device=spec.device)
         if spec.device.startswith("cuda"):
             st = st.to(torch.bfloat16)
-        result["st_encode"] = timed(lambda: st.encode(texts, batch_size=64))
+        systems["st_encode"] = lambda: st.encode(texts, batch_size=64)
     except ImportError:
         pass
+    result = encode_rates(systems, len(texts), spec.encode_rounds)
+    result["padded_tokens"] = {
+        "tokens": sum(int(b["attention_mask"].sum()) for b in by_tokens),
+        "by_tokens": sum(b["attention_mask"].numel() for b in by_tokens),
+        "by_chars": sum(b["attention_mask"].numel() for b in by_chars),
+    }
     return result
+
+
+def encode_rates(systems: dict, n: int, rounds: int) -> dict[str, float]:
+    """passages/s of each encoding function: a warm-up pass each, then ``rounds`` timed passes
+    taken in turn (a slow spell of the machine hits every function alike), the median kept."""
+    import statistics
+
+    for fn in systems.values():
+        fn()
+    seconds: dict[str, list[float]] = {name: [] for name in systems}
+    for _ in range(rounds):
+        for name, fn in systems.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: n / statistics.median(times) for name, times in seconds.items()}
 
 
 def worker(system: str, spec: Spec) -> dict:

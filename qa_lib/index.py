@@ -36,6 +36,7 @@ from qa_lib.config import EncoderConfig
 from qa_lib.encoders import DualEncoder
 from qa_lib.errors import QAError
 from qa_lib.files import write_json
+from qa_lib.inference import TOKENIZE_BLOCK
 from qa_lib.metrics import build_task
 from qa_lib.saving import model_folder, replace_dir
 
@@ -94,8 +95,10 @@ def encode_pool(
 ) -> np.memmap:
     """Answer embeddings of ``texts`` into a memory-mapped ``.npy``, one chunk at a time.
 
-    The chunks are runs of ``evaluate``'s own batches (longest first, ``batch_size`` each), so
-    every passage is embedded in the same batch, with the same padding, as ``evaluate`` does.
+    The chunks are runs of ``evaluate``'s own batches (longest first, ``batch_size`` each) in
+    whole tokenisation blocks (``chunk_size`` rounded up to :data:`~qa_lib.inference.TOKENIZE_BLOCK`
+    batches), so every passage is embedded in the same batch, with the same padding, as
+    ``evaluate`` does.
 
     Returns:
         The memory map, row i = ``texts[i]``. Shape (len(texts), model.dim).
@@ -104,7 +107,7 @@ def encode_pool(
 
     vectors = np.lib.format.open_memmap(path, "w+", dtype, (len(texts), model.dim))
     batches = sorted_chunks([len(t) for t in texts], batch_size, longest_first=True)
-    step = max(1, chunk_size // batch_size)
+    step = -(-max(1, chunk_size // batch_size) // TOKENIZE_BLOCK) * TOKENIZE_BLOCK
     runs = range(0, len(batches), step)
     for start in tqdm(runs, desc="encode passages", disable=not progress):
         rows = [i for batch in batches[start : start + step] for i in batch]
@@ -249,7 +252,8 @@ def build_index(
         kind: "flat" (exact), "hnsw" or "ivf" (approximate).
         dtype: of the stored vectors; "float16" halves ``vectors.npy`` (flat is then not exact).
         queries: questions on which an approximate kind measures its recall@10 against flat.
-        chunk_size: passages encoded and added at a time.
+        chunk_size: passages encoded and added at a time (encoded in whole tokenisation blocks:
+            at least ``TOKENIZE_BLOCK * batch_size``).
         batch_size: texts per forward pass (as in ``evaluate``).
         model_spec: the folder or name ``model`` was loaded from (:func:`open_model`), recorded
             so that :func:`open_index` can load it again; None = the packaged MiniLM.

@@ -66,6 +66,21 @@ def test_flat_index_stores_evaluates_embeddings_and_ranks_like_evaluate(model, p
     assert np.mean(hit_at_10) == pytest.approx(evaluate(model, test, batch_size=8)["recall@10"])
 
 
+def test_a_pool_encoded_in_chunks_gets_the_whole_pools_batches(tmp_path, model):
+    from qa_lib.index import encode_pool
+    from qa_lib.inference import TOKENIZE_BLOCK
+
+    # "the" is one token, "x7q" several: the blocks re-sort by token count, differently per block
+    words = ("the", "x7q")
+    texts = [" ".join([words[i % 3 % 2]] * (1 + i % 11)) for i in range(5 * TOKENIZE_BLOCK * 2 + 3)]
+    whole = model.encode_answers(texts, batch_size=2)
+    for chunk_size in (1, 2 * TOKENIZE_BLOCK + 2):  # rounded up to whole blocks of batches
+        stored = encode_pool(
+            model, texts, tmp_path / f"v{chunk_size}.npy", "float32", chunk_size, 2, False
+        )
+        assert np.array_equal(stored, whole.numpy()), chunk_size  # bitwise: the same batches
+
+
 def test_search_returns_ranked_passages_with_their_ids_and_texts(model, flat_dir, pool):
     _, task = pool
     found = qa_lib.search(flat_dir, task.questions[0], k=5, model=model)

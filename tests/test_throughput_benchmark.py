@@ -37,3 +37,21 @@ def test_emulated_bf16_is_skipped_with_a_note():
     args = argparse.Namespace(systems="st,st-bf16,qa_lib", grad_cache=False, precision="fp32")
     systems, notes = throughput.system_names(args, gpu=False)
     assert systems == ["st", "qa_lib"] and "st-bf16 skipped" in notes[0]
+
+
+def test_encoding_rates_take_turns_and_keep_the_median(monkeypatch):
+    clock, calls = [0.0], []
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock[0])
+
+    def system(name: str, passes: list[float]):
+        def run():
+            calls.append(name)
+            clock[0] += passes[sum(c == name for c in calls) - 1]
+
+        return run
+
+    rates = throughput.encode_rates(
+        {"a": system("a", [9.0, 1.0, 5.0, 2.0]), "b": system("b", [9.0, 4.0, 4.0, 4.0])}, 100, 3
+    )
+    assert calls == ["a", "b"] * 4  # a warm-up pass each, then the timed passes in turn
+    assert rates == {"a": 50.0, "b": 25.0}  # 100 passages / the median of the timed passes
