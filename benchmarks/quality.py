@@ -122,6 +122,7 @@ LEVERS = (
     "qa_lib_alr0.3",
     "qa_lib_alr0",
     "qa_lib_attn0",
+    "qa_lib_alen256",
 )
 SYSTEMS = tuple(dict.fromkeys(MAIN_SYSTEMS + ECHO_EXTRA + ECHO_STUDY + LEVERS))
 # echo-trade-off systems: the same towers or training, differing in how the echo is pushed down

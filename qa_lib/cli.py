@@ -55,6 +55,8 @@ def _encoder_config(args) -> EncoderConfig:
         proj_dim=args.proj_dim,
         question_flag=not args.no_question_flag,
         attention_dropout=args.attention_dropout,
+        max_q_len=args.max_q_len,
+        max_a_len=args.max_a_len,
     )
 
 
@@ -349,6 +351,14 @@ def _add_encoder_options(p: argparse.ArgumentParser) -> None:
         default=EncoderConfig().attention_dropout,
         help="dropout on the attention weights in training (default: the model's own, MiniLM "
         "0.1; 0 trains faster on a CPU)",
+    )
+    defaults = EncoderConfig()
+    p.add_argument("--max-q-len", type=int, default=defaults.max_q_len, help="question tokens kept")
+    p.add_argument(
+        "--max-a-len",
+        type=int,
+        default=defaults.max_a_len,
+        help="answer tokens kept (256 for passages longer than 128 tokens, e.g. SQuAD's)",
     )
 
 

@@ -104,6 +104,10 @@ VARIANTS: dict[str, Variant] = {
         "fused attention kernel runs)",
         encoder=lambda c: replace(c, attention_dropout=0.0),
     ),
+    "qa_lib_alen256": Variant(
+        "qa_lib with answers cut at 256 tokens instead of 128 (issue 16: SQuAD's paragraphs)",
+        encoder=lambda c: replace(c, max_a_len=256),
+    ),
     "flag_lr_0.02": Variant(
         "the question flag's detector at learning rate 0.02 (default 0.1)",
         train=dict(flag_lr=0.02),

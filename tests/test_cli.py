@@ -239,6 +239,16 @@ def test_non_finite_loss_exits_2_and_keeps_the_checkpoint(
     assert load_latest_checkpoint(out)["step"] == 2
 
 
+def test_length_options_reach_the_encoder_config():
+    from qa_lib.cli import _encoder_config, build_parser
+
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "x"])
+    assert (_encoder_config(args).max_q_len, _encoder_config(args).max_a_len) == (32, 128)
+    options = ["train", "--data", "d", "--out", "x", "--max-q-len", "48", "--max-a-len", "256"]
+    assert _encoder_config(build_parser().parse_args(options)).max_a_len == 256
+    assert _encoder_config(build_parser().parse_args(options)).max_q_len == 48
+
+
 def test_echo_and_negative_options_reach_the_configs():
     from qa_lib.cli import _encoder_config, _train_config, build_parser
 
