@@ -345,14 +345,14 @@ def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tied", action="store_true", help="one shared encoder for both sides")
     p.add_argument("--random-init", action="store_true", help="random weights, same config")
     p.add_argument("--dot", action="store_true", help="raw dot product instead of cosine")
+    defaults = EncoderConfig()
     p.add_argument(
         "--attention-dropout",
         type=float,
-        default=EncoderConfig().attention_dropout,
+        default=defaults.attention_dropout,
         help="dropout on the attention weights in training (default: the model's own, MiniLM "
         "0.1; 0 trains faster on a CPU)",
     )
-    defaults = EncoderConfig()
     p.add_argument("--max-q-len", type=int, default=defaults.max_q_len, help="question tokens kept")
     p.add_argument(
         "--max-a-len",

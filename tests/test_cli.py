@@ -245,8 +245,8 @@ def test_length_options_reach_the_encoder_config():
     args = build_parser().parse_args(["train", "--data", "d", "--out", "x"])
     assert (_encoder_config(args).max_q_len, _encoder_config(args).max_a_len) == (32, 128)
     options = ["train", "--data", "d", "--out", "x", "--max-q-len", "48", "--max-a-len", "256"]
-    assert _encoder_config(build_parser().parse_args(options)).max_a_len == 256
-    assert _encoder_config(build_parser().parse_args(options)).max_q_len == 48
+    config = _encoder_config(build_parser().parse_args(options))
+    assert (config.max_q_len, config.max_a_len) == (48, 256)
 
 
 def test_echo_and_negative_options_reach_the_configs():
