@@ -3,11 +3,13 @@
 Trains the ``qa_lib`` variant of ``benchmarks/quality.py`` on one dataset's training sample
 (the same setup and budget as its full or quick mode), then prints
 ``qa_lib.evaluate.flag_by_length`` on the test answers, the test answers the flag penalises
-(p > 0.5) with their token counts, the detector's probabilities for the lesson's demo answer and
-question, and the held-out metrics.
+(p > 0.5) with their token counts, the stress rows' mistakes (answers' first sentences flagged,
+questions in the other style not flagged), the detector's probabilities for the lesson's demo
+answer and question, and the held-out metrics.
 
     python benchmarks/flag_check.py medquad 0          # full-mode setup, seed 0 (~3 min on 2 cores)
     python benchmarks/flag_check.py squad 0,1 quick    # quick-mode setup
+    python benchmarks/flag_check.py nq 0,1,2 --bare-view   # the detector before restyle_question
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import time
 
 import quality as Q  # benchmarks/quality.py: the same datasets, splits and budgets
 
+from qa_lib import batching
+from qa_lib.batching import restyle_question
 from qa_lib.config import DEMO_ANSWER, DEMO_QUESTION
-from qa_lib.evaluate import evaluate, flag_by_length
+from qa_lib.evaluate import evaluate, first_sentence_text, flag_by_length
 from qa_lib.metrics import build_task
 
 SHOWN = ("recall@1", "question_echo_rate", "mixed_pool_rate", "answer_flag_rate")
@@ -42,13 +46,30 @@ def check(name: str, seed: int, budget: Q.Budget, setup) -> None:
     )
     for prob, n, text in [f for f in flagged if f[0] > 0.5][:25]:
         print(f"  p={prob:.3f} n={n} {text[:110]!r}")
+    firsts = [f for f in map(first_sentence_text, task.candidates) if f]
+    restyled = [restyle_question(q) for q in task.questions]
+    for name, texts, wrong in (("first sentence", firsts, 1), ("restyled question", restyled, 0)):
+        if texts:  # the stress rows' mistakes: flagged first sentences, unflagged questions
+            p_texts = model.question_probability(texts).tolist()
+            missed = [x for x in zip(p_texts, texts) if (x[0] > 0.5) == wrong]
+            missed.sort(reverse=bool(wrong))
+            for prob, text in missed[:10]:
+                print(f"  {name} p={prob:.3f} {text[:110]!r}")
     demo = model.question_probability([DEMO_ANSWER, DEMO_QUESTION]).tolist()
     print(f"  p(demo answer) {demo[0]:.3f}, p(demo question) {demo[1]:.3f}")
     metrics = evaluate(model, setup.test, progress=False)
     print("  " + ", ".join(f"{k} {metrics[k]:.3f}" for k in SHOWN))
 
 
+def bare_view(question: str) -> str:
+    """The detector's second view before restyle_question: every question bare (qa_lib 26f63ed)."""
+    return question.lower().replace("?", "").strip() or question
+
+
 def main(argv: list[str]) -> None:
+    if "--bare-view" in argv:  # the previous detector, for a side-by-side (its towers are the same)
+        argv = [a for a in argv if a != "--bare-view"]
+        batching.restyle_question = bare_view  # what tokenize_pairs builds the view with
     name, seeds = argv[0], [int(s) for s in argv[1].split(",")]
     budget = Q.QUICK if len(argv) > 2 and argv[2] == "quick" else Q.Budget()
     setup = Q.make_setup(name, Q.SHARED, budget)

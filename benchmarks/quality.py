@@ -84,7 +84,7 @@ import peers  # benchmarks/peers.py: sentence-transformers as a qa_lib scorer
 from qa_lib import TrainConfig, evaluate
 from qa_lib.config import default_model_path
 from qa_lib.data import read_pairs
-from qa_lib.evaluate import LENGTH_BUCKETS, bm25_metrics, flag_by_length
+from qa_lib.evaluate import LENGTH_BUCKETS, STRESS_ROWS, bm25_metrics, flag_by_length
 from qa_lib.experiments import VARIANTS, train_variant
 from qa_lib.hybrid import tune_lexical_weight
 from qa_lib.metrics import METRIC_KEYS, build_task
@@ -534,24 +534,32 @@ def echo_tradeoff(name: str, info: dict, results: dict, out: Path) -> str | None
 
 def flag_table(setup: Setup, out: Path) -> str | None:
     """The learned flags' false flags by answer length (qa_lib.evaluate.flag_by_length), per
-    system, the worst seed shown: answers penalised at all (p > 0.5) and the largest p."""
+    system, the worst seed shown: for answers, the most penalised at all (p > 0.5) and the largest
+    p; for questions, the fewest flagged."""
     if not setup.flags:
         return None
     systems = list(dict.fromkeys(system for system, _ in setup.flags))
     rows = {}
-    for bucket in [f"answers {b}" for b in LENGTH_BUCKETS] + ["questions (echoes)"]:
+    buckets = [f"answers {b}" for b in LENGTH_BUCKETS] + ["questions (echoes)", *STRESS_ROWS]
+    for bucket in buckets:
         cells = {}
         for system in systems:
             stats = [v[bucket] for (s, _), v in setup.flags.items() if s == system]
-            rate, top = max(x["flag_rate"] for x in stats), max(x["max_p"] for x in stats)
             n = int(stats[0]["n"])
-            cells[system] = "-" if not n else f"{rate:.3f} (max p {top:.2f})"
+            if not n:
+                cells[system] = "-"
+            elif bucket.startswith("questions"):
+                cells[system] = f"{min(x['flag_rate'] for x in stats):.3f}"
+            else:
+                rate, top = max(x["flag_rate"] for x in stats), max(x["max_p"] for x in stats)
+                cells[system] = f"{rate:.3f} (max p {top:.2f})"
         rows[f"{bucket} (n = {n})"] = cells
     median = int(next(iter(setup.flags.values()))["median question tokens"]["n"])
     text = "\n".join(
         [
             f"#### {setup.name}: share flagged by length (median question: {median} tokens; "
-            "shorter: < 0.75x, as long: up to 1.5x; worst seed)",
+            "shorter: < 0.75x, as long: up to 1.5x; worst seed: answers the most flagged, "
+            "questions the fewest)",
             "",
             markdown_table(rows, systems, "texts"),
         ]

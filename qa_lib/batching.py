@@ -35,19 +35,34 @@ def tokenize_pairs(model, pairs) -> TokenizedPairs:
     index: dict[str, int] = {}
     answer_keys = torch.tensor([index.setdefault(a, len(index)) for a in pairs.answers])
     data = TokenizedPairs(q_tokens, a_tokens, answer_keys, tok.pad_token_id or 0)
-    bare = [q.lower().replace("?", "").strip() or q for q in pairs.questions]
-    bare_tokens = tok(bare, truncation=True, max_length=config.max_q_len)["input_ids"]
+    restyled = [restyle_question(q) for q in pairs.questions]
+    restyled_tokens = tok(restyled, truncation=True, max_length=config.max_q_len)["input_ids"]
     stops = set(tok.convert_tokens_to_ids(list(SENTENCE_ENDS)))
-    data.views, data.view_is_question = form_views(q_tokens, a_tokens, bare_tokens, stops)
+    data.views, data.view_is_question = form_views(q_tokens, a_tokens, restyled_tokens, stops)
     return data
 
 
 VIEW_KINDS = (
     "first sentence of the answer",
-    "bare question",
+    "question in the other style",
     "question, then its answer",
     "context, then question",
 )
+
+
+def restyle_question(question: str) -> str:
+    """The question written in the other style, so case and "?" cannot stand in for its form.
+
+    A question with a "?" ("Who wrote Hamlet?") becomes a bare one, lower-cased without question
+    marks ("who wrote hamlet"); one without, as NQ's queries are, becomes a written one ("Who
+    wrote hamlet?"). Either way the detector sees the data's questions in the style they lack.
+    """
+    bare = question.lower().replace("?", "").strip()
+    if not bare:
+        return question
+    return bare if "?" in question else bare[0].upper() + bare[1:] + "?"
+
+
 VIEW_EXTRA = 16  # tokens of an answer that the FAQ-style and context views borrow
 SENTENCE_ENDS = (".", "!", ";")  # tokens that end an answer's first sentence
 
@@ -68,7 +83,7 @@ def first_sentence(answer: list[int], limit: int, stops: set[int]) -> list[int]:
 
 
 def form_views(
-    q_tokens, a_tokens, bare_tokens, stops: set[int] = frozenset()
+    q_tokens, a_tokens, restyled_tokens, stops: set[int] = frozenset()
 ) -> tuple[list[list[int]], torch.Tensor]:
     """One text per row that length alone cannot label, for the question flag's detector.
 
@@ -77,7 +92,9 @@ def form_views(
     - the answer's first sentence (:func:`first_sentence`, at most twice its question's length):
       a short, complete statement, often on the question's own topic ("Rotor syndrome is a
       rare condition."), the kind of answer a detector that reads length or topic would flag;
-    - a bare question: lower-cased, question marks removed (NQ's style: no "?" to lean on);
+    - the question in the other style (:func:`restyle_question`): written questions bare,
+      lower-cased without "?" (NQ's style), and bare ones written, capitalised with "?", so
+      neither case nor punctuation labels a question;
     - a question, then its answer: FAQ style, the question restated before the answer (an answer
       that contains a question);
     - context, then a question: a sentence of another answer before the question (a question
@@ -89,7 +106,7 @@ def form_views(
     Args:
         q_tokens: token ids of the questions, ``[CLS] ... [SEP]``.
         a_tokens: token ids of the answers.
-        bare_tokens: token ids of the bare questions.
+        restyled_tokens: token ids of the questions in the other style.
         stops: the token ids that end a sentence (:data:`SENTENCE_ENDS`).
 
     Returns:
@@ -101,7 +118,7 @@ def form_views(
         if kind == 0:  # [CLS] first sentence. [SEP]
             view = first_sentence(a, 2 * len(q), stops)
         elif kind == 1:
-            view = bare_tokens[i]
+            view = restyled_tokens[i]
         elif kind == 2:  # [CLS] question answer... [SEP]
             view = q[:-1] + a[1:-1][:VIEW_EXTRA] + a[-1:]
         else:  # [CLS] context... question [SEP]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from qa_lib.batching import restyle_question
 from qa_lib.bm25 import bm25_index, bm25_scores, lexical_scores
 from qa_lib.config import DEMO_ANSWER, DEMO_DISTRACTOR, DEMO_QUESTION
 from qa_lib.data import Pairs
@@ -240,6 +241,12 @@ def flag_by_length(model, pairs: Pairs, batch_size: int = 64) -> dict[str, dict[
     (``n < 0.75 m``), as long (up to ``1.5 m``) and longer; and the questions (their echoes) in a
     fourth row.
 
+    Real answers as short as a question are rare (none of SQuAD's paragraphs), so two more rows
+    hold texts made from the pool that a length cue gets wrong (:data:`STRESS_ROWS`): the first
+    sentence of every answer that has more than one (short, and a statement: none should be
+    flagged), and every question in the other style (:func:`qa_lib.batching.restyle_question`:
+    written questions bare, bare ones written; all should be flagged).
+
     Returns:
         ``{bucket: {"n": count, "flag_rate": share with p > 0.5, "max_p": the largest p}}``.
     """
@@ -252,7 +259,22 @@ def flag_by_length(model, pairs: Pairs, batch_size: int = 64) -> dict[str, dict[
     for b, name in enumerate(LENGTH_BUCKETS):
         report[f"answers {name}"] = _flag_stats(p_answers[bucket_of == b])
     report["questions (echoes)"] = _flag_stats(model.question_probability(task.questions))
+    firsts = [f for f in map(first_sentence_text, task.candidates) if f]
+    restyled = [restyle_question(q) for q in task.questions]
+    for name, texts in zip(STRESS_ROWS, (firsts, restyled)):
+        p = model.question_probability(texts, batch_size) if texts else torch.zeros(0)
+        report[name] = _flag_stats(p)
     return report
+
+
+STRESS_ROWS = ("first sentences of answers", "questions restyled")  # rows of flag_by_length
+_SENTENCE_END = re.compile(r"(?<=[.!;])\s+(?=[A-Z0-9\"'(])")  # then a new sentence
+
+
+def first_sentence_text(answer: str) -> str:
+    """An answer's first sentence, or "" when the answer is a single sentence."""
+    parts = _SENTENCE_END.split(answer.strip(), maxsplit=1)
+    return parts[0] if len(parts) == 2 else ""
 
 
 def _token_counts(model, texts: Sequence[str]) -> list[int]:

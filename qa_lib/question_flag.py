@@ -10,8 +10,9 @@ by topic ranks the echo first. The flag is one more embedding column: questions 
 It is a query-independent prior on the answer side, learned from the training questions and
 answers (the echoes are its positives, the answers its negatives) and from one *form view* per pair
 that length cannot label (:func:`qa_lib.batching.form_views`: answers' first sentences,
-questions without "?", FAQ-style answers, questions after a sentence). It flags question-shaped
-passages too, so it suits question → answer search, not a search for similar questions.
+questions in the other style, FAQ-style answers, questions after a sentence). It flags
+question-shaped passages too, so it suits question → answer search, not a search for similar
+questions.
 Training uses the smooth ``-p`` for the detector's loss; search uses a ramp from 0 at p = 0.5 to
 -1 at p = 1 (:func:`search_column`).
 """

@@ -210,6 +210,24 @@ def test_echo_study_filters_reuse_the_untrained_flag_towers_and_the_flag_table(
     assert (tmp_path / "tiny-flag.md").read_text().strip() == text
 
 
+def test_flag_table_shows_each_rows_worst_seed(tmp_path, tiny_splits):
+    """Answers: the most flagged seed and the largest p; questions: the fewest flagged seed."""
+    quality = _quality_module()
+    train, test = tiny_splits
+    setup = quality.Setup("tiny", train, test, test)
+    rows = [f"answers {b}" for b in quality.LENGTH_BUCKETS]
+    rows += ["questions (echoes)", *quality.STRESS_ROWS]
+    for seed, rate in ((0, 0.1), (1, 0.9)):
+        stats = {"n": 10.0, "flag_rate": rate, "max_p": rate}
+        median = {"median question tokens": {"n": 8}}
+        setup.flags[("qa_lib", seed)] = {r: stats for r in rows} | median
+    lines = quality.flag_table(setup, tmp_path).splitlines()
+    assert "| answers longer (n = 10) | 0.900 (max p 0.90) |" in lines
+    assert "| questions (echoes) (n = 10) | 0.100 |" in lines
+    assert "| questions restyled (n = 10) | 0.100 |" in lines
+    assert "| first sentences of answers (n = 10) | 0.900 (max p 0.90) |" in lines
+
+
 def test_tune_mode_measures_on_training_pairs_held_out_by_group_never_the_test_pairs():
     from qa_lib.data import Pairs
 

@@ -7,7 +7,14 @@ import torch
 from torch.testing import assert_close
 
 from qa_lib import DualEncoder, QAError, TrainConfig, in_batch_loss
-from qa_lib.batching import SENTENCE_ENDS, VIEW_KINDS, first_sentence, tokenize_pairs
+from qa_lib.batching import (
+    SENTENCE_ENDS,
+    VIEW_KINDS,
+    first_sentence,
+    restyle_question,
+    tokenize_pairs,
+)
+from qa_lib.evaluate import first_sentence_text
 from qa_lib.question_flag import flag_column, flag_features, flag_loss, flag_rate, search_column
 from qa_lib.step import batch_loss
 
@@ -123,15 +130,26 @@ def test_form_views_break_the_length_cue(tiny_model, default_splits):
     ]
     decode = tiny_model.tokenizer.decode
     for i in range(0, 40, 4):
-        short, bare, faq, long = (data.views[i + k] for k in range(4))
+        short, restyled, faq, long = (data.views[i + k] for k in range(4))
         answer = data.a_tokens[i]
         assert len(short) <= 2 * len(data.q_tokens[i]) and short[-1] == answer[-1]
         assert decode(short[-2:-1]) in SENTENCE_ENDS and short[:-2] == answer[: len(short) - 2]
-        assert "?" not in decode(bare)
+        question = pairs.questions[i + 1]
+        assert restyled == tiny_model.tokenizer(restyle_question(question))["input_ids"]
+        assert ("?" in decode(restyled)) != ("?" in question)  # the style it lacks
         assert faq[: len(data.q_tokens[i + 2]) - 1] == data.q_tokens[i + 2][:-1]  # q, then a
         assert long[-len(data.q_tokens[i + 3]) + 1 :] == data.q_tokens[i + 3][1:]  # ..., then q
         assert len(long) > len(data.q_tokens[i + 3])
     assert len(VIEW_KINDS) == 4
+
+
+def test_restyled_questions_swap_written_and_bare():
+    assert restyle_question("Who wrote Hamlet?") == "who wrote hamlet"
+    assert restyle_question(" who wrote hamlet ") == "Who wrote hamlet?"  # NQ's style, written
+    assert restyle_question("symptoms of tetanus") == "Symptoms of tetanus?"
+    assert restyle_question("how do I fix it?") == "how do i fix it"  # a "?" makes it written
+    assert restyle_question("Symptoms of cholera") == "Symptoms of cholera?"
+    assert restyle_question("?") == "?"  # nothing left to restyle
 
 
 def test_first_sentence_is_a_complete_short_statement():
@@ -177,6 +195,13 @@ def test_question_probability_and_flag_by_length(tiny_model, tiny_splits):
         set(tiny_splits[1].answers)
     )
     assert report["questions (echoes)"]["flag_rate"] == 0.0  # p = 0.5 is no flag
+    answers = list(dict.fromkeys(tiny_splits[1].answers))
+    firsts = [first_sentence_text(a) for a in answers]
+    assert report["first sentences of answers"]["n"] == sum(map(bool, firsts))
+    assert report["questions restyled"]["n"] == len(tiny_splits[1].questions)
+    assert first_sentence_text("Cholera is caught. It spreads in 2.5 days.") == "Cholera is caught."
+    assert first_sentence_text("Is it safe? Yes. Most airlines allow it.") == "Is it safe? Yes."
+    assert first_sentence_text("One sentence, 2.5 km long.") == ""  # a single sentence: no row
     tied = DualEncoder.from_config(tiny_model.config, tied=True)
     with pytest.raises(QAError, match="no question flag"):
         tied.question_probability(["what?"])
