@@ -123,6 +123,7 @@ LEVERS = (
     "qa_lib_alr0",
     "qa_lib_attn0",
     "qa_lib_alen256",
+    "untrained_alen256",
 )
 SYSTEMS = tuple(dict.fromkeys(MAIN_SYSTEMS + ECHO_EXTRA + ECHO_STUDY + LEVERS))
 # echo-trade-off systems: the same towers or training, differing in how the echo is pushed down
@@ -136,7 +137,7 @@ ECHO_VARIANTS = (
     "echo_negative_w0.1",
     "flag_lr_0.02",
 )
-SEEDLESS = ("bm25", "untrained", "untrained_hybrid")  # deterministic: measured once
+SEEDLESS = ("bm25", "untrained", "untrained_alen256", "untrained_hybrid")  # measured once
 HYBRIDS = {"untrained_hybrid": "untrained", "qa_lib_hybrid": "qa_lib"}  # hybrid -> its towers
 # a filter on towers trained without the echo objective (qa_lib.evaluate's echo_filter)
 FILTERS = {"exact_filter": ("qa_lib_noecho", "exact"), "rule_filter": ("qa_lib_noecho", "rule")}

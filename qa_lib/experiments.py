@@ -108,6 +108,12 @@ VARIANTS: dict[str, Variant] = {
         "qa_lib with answers cut at 256 tokens instead of 128 (issue 16: SQuAD's paragraphs)",
         encoder=lambda c: replace(c, max_a_len=256),
     ),
+    "untrained_alen256": Variant(
+        "the pretrained towers, not trained, reading answers up to 256 tokens (the untrained "
+        "baseline of qa_lib_alen256)",
+        encoder=lambda c: replace(c, max_a_len=256),
+        train=None,
+    ),
     "flag_lr_0.02": Variant(
         "the question flag's detector at learning rate 0.02 (default 0.1)",
         train=dict(flag_lr=0.02),
