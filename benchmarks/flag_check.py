@@ -21,9 +21,8 @@ import time
 import quality as Q  # benchmarks/quality.py: the same datasets, splits and budgets
 
 from qa_lib import batching
-from qa_lib.batching import restyle_question
 from qa_lib.config import DEMO_ANSWER, DEMO_QUESTION
-from qa_lib.evaluate import evaluate, first_sentence_text, flag_by_length
+from qa_lib.evaluate import evaluate, flag_by_length, stress_texts
 from qa_lib.metrics import build_task
 
 SHOWN = ("recall@1", "question_echo_rate", "mixed_pool_rate", "answer_flag_rate")
@@ -46,13 +45,11 @@ def check(name: str, seed: int, budget: Q.Budget, setup) -> None:
     )
     for prob, n, text in [f for f in flagged if f[0] > 0.5][:25]:
         print(f"  p={prob:.3f} n={n} {text[:110]!r}")
-    firsts = [f for f in map(first_sentence_text, task.candidates) if f]
-    restyled = [restyle_question(q) for q in task.questions]
-    for name, texts, wrong in (("first sentence", firsts, 1), ("restyled question", restyled, 0)):
+    for (name, texts), wrong in zip(stress_texts(task).items(), (True, False)):
         if texts:  # the stress rows' mistakes: flagged first sentences, unflagged questions
             p_texts = model.question_probability(texts).tolist()
             missed = [x for x in zip(p_texts, texts) if (x[0] > 0.5) == wrong]
-            missed.sort(reverse=bool(wrong))
+            missed.sort(reverse=wrong)
             for prob, text in missed[:10]:
                 print(f"  {name} p={prob:.3f} {text[:110]!r}")
     demo = model.question_probability([DEMO_ANSWER, DEMO_QUESTION]).tolist()

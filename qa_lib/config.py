@@ -82,8 +82,8 @@ class TrainConfig:
     # trains the towers apart, counted as this many negatives (0 = off; tied towers: always off)
     flag_lr: float = 0.1  # AdamW learning rate of the question flag's detector (a linear probe
     # trained from zero in a few dozen steps: far above the towers' rate)
-    flag_views: bool = True  # the detector also learns from texts length cannot label: answers
-    # first sentences of answers, questions restyled, FAQ-style answers, long questions (form_views)
+    flag_views: bool = True  # the detector also learns from texts length cannot label: the
+    # answers' first sentences, questions restyled, FAQ-style answers, long questions (form_views)
     group_batches: bool = True  # topic-aware batches when the pairs carry groups (articles,
     # topics): each batch holds one or a few groups, so its negatives are on-topic
     hard_negatives: int = 0  # BM25-mined wrong answers per pair added as extra negatives (0 = none)

@@ -259,15 +259,23 @@ def flag_by_length(model, pairs: Pairs, batch_size: int = 64) -> dict[str, dict[
     for b, name in enumerate(LENGTH_BUCKETS):
         report[f"answers {name}"] = _flag_stats(p_answers[bucket_of == b])
     report["questions (echoes)"] = _flag_stats(model.question_probability(task.questions))
-    firsts = [f for f in map(first_sentence_text, task.candidates) if f]
-    restyled = [restyle_question(q) for q in task.questions]
-    for name, texts in zip(STRESS_ROWS, (firsts, restyled)):
+    for name, texts in stress_texts(task).items():
         p = model.question_probability(texts, batch_size) if texts else torch.zeros(0)
         report[name] = _flag_stats(p)
     return report
 
 
 STRESS_ROWS = ("first sentences of answers", "questions restyled")  # rows of flag_by_length
+
+
+def stress_texts(task) -> dict[str, list[str]]:
+    """The texts of :data:`STRESS_ROWS` built from a retrieval task's pool: the first sentence of
+    every candidate that has several (answers), every question restyled (questions)."""
+    firsts = [f for f in map(first_sentence_text, task.candidates) if f]
+    restyled = [restyle_question(q) for q in task.questions]
+    return dict(zip(STRESS_ROWS, (firsts, restyled)))
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!;])\s+(?=[A-Z0-9\"'(])")  # then a new sentence
 
 
