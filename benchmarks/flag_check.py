@@ -4,12 +4,12 @@ Trains the ``qa_lib`` variant of ``benchmarks/quality.py`` on one dataset's trai
 (the same setup and budget as its full or quick mode), then prints
 ``qa_lib.evaluate.flag_by_length`` on the test answers, the test answers the flag penalises
 (p > 0.5) with their token counts, the stress rows' mistakes (answers' first sentences flagged,
-questions in the other style not flagged), the detector's probabilities for the lesson's demo
-answer and question, and the held-out metrics.
+questions in the other style or closed by a full stop not flagged), the detector's probabilities
+for the lesson's demo answer and question, and the held-out metrics.
 
     python benchmarks/flag_check.py medquad 0          # full-mode setup, seed 0 (~3 min on 2 cores)
     python benchmarks/flag_check.py squad 0,1 quick    # quick-mode setup
-    python benchmarks/flag_check.py nq 0,1,2 --bare-view   # the detector before restyle_question
+    python benchmarks/flag_check.py nq 0,1,2 --bare-view   # the second view bare, as before v3
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def check(name: str, seed: int, budget: Q.Budget, setup) -> None:
     )
     for prob, n, text in [f for f in flagged if f[0] > 0.5][:25]:
         print(f"  p={prob:.3f} n={n} {text[:110]!r}")
-    for (name, texts), wrong in zip(stress_texts(task).items(), (True, False)):
+    for (name, texts), wrong in zip(stress_texts(task).items(), (True, False, False)):
         if texts:  # the stress rows' mistakes: flagged first sentences, unflagged questions
             p_texts = model.question_probability(texts).tolist()
             missed = [x for x in zip(p_texts, texts) if (x[0] > 0.5) == wrong]

@@ -35,18 +35,22 @@ def tokenize_pairs(model, pairs) -> TokenizedPairs:
     index: dict[str, int] = {}
     answer_keys = torch.tensor([index.setdefault(a, len(index)) for a in pairs.answers])
     data = TokenizedPairs(q_tokens, a_tokens, answer_keys, tok.pad_token_id or 0)
-    restyled = [restyle_question(q) for q in pairs.questions]
-    restyled_tokens = tok(restyled, truncation=True, max_length=config.max_q_len)["input_ids"]
+    styled = [  # the questions restyled, and closed by a full stop
+        tok([style(q) for q in pairs.questions], truncation=True, max_length=config.max_q_len)
+        for style in (restyle_question, full_stop)
+    ]
     stops = set(tok.convert_tokens_to_ids(list(SENTENCE_ENDS)))
-    data.views, data.view_is_question = form_views(q_tokens, a_tokens, restyled_tokens, stops)
+    restyled, stopped = (t["input_ids"] for t in styled)
+    data.views, data.view_is_question = form_views(q_tokens, a_tokens, restyled, stopped, stops)
     return data
 
 
 VIEW_KINDS = (
-    "first sentence of the answer",
+    "answer sentence as long as the question",
     "question in the other style",
     "question, then its answer",
     "context, then question",
+    "question ending in a full stop",
 )
 
 
@@ -63,42 +67,59 @@ def restyle_question(question: str) -> str:
     return bare if "?" in question else bare[0].upper() + bare[1:] + "?"
 
 
+def full_stop(question: str) -> str:
+    """A written question closed by a full stop instead of its "?" ("Who wrote Hamlet."): some
+    datasets' questions end so, and a detector that read a closing "." as an answer's would miss
+    them. A question without a "?" is returned written instead (:func:`restyle_question`): a full
+    stop after a bare query like NQ's ("scott a surname of scottish origin.") leaves no form that
+    tells it from a short statement, and teaching the detector otherwise flags such answers."""
+    if "?" not in question:
+        return restyle_question(question)
+    return question.rstrip(" ?\t\n") + "."
+
+
 VIEW_EXTRA = 16  # tokens of an answer that the FAQ-style and context views borrow
-SENTENCE_ENDS = (".", "!", ";")  # tokens that end an answer's first sentence
+SENTENCE_ENDS = (".", "!", ";")  # tokens that end an answer's sentences
 
 
-def first_sentence(answer: list[int], limit: int, stops: set[int]) -> list[int]:
-    """An answer's first sentence, ``[CLS] ... . [SEP]``: a short, complete statement.
+def matched_sentence(answer: list[int], length: int, stops: set[int]) -> list[int]:
+    """The answer's sentence closest to ``length`` tokens, ``[CLS] ... . [SEP]``: a complete
+    statement as long as a question (the first of equally close ones).
 
-    If the first sentence is longer than ``limit`` tokens, the answer is cut to ``limit`` and
-    closed with the sentence end found last in it (or ends cut, when there is none).
+    Sentences of one or two tokens (list markers, initials) are skipped. An answer without a
+    complete sentence of at most ``2 * length`` tokens is cut to that and closed with the last
+    sentence end in it (or ends cut, when there is none).
     """
-    body = answer[1:-1]
-    end = next((k for k, t in enumerate(body) if t in stops), None)
-    if end is not None and end + 3 <= limit:
-        return answer[: end + 2] + answer[-1:]
+    body, limit = answer[1:-1], 2 * length
+    ends = [k for k, t in enumerate(body) if t in stops]
+    spans = [(a, b) for a, b in zip([-1, *ends], ends) if 3 <= b - a and b - a + 2 <= limit]
+    if spans:
+        a, b = min(spans, key=lambda s: abs(s[1] - s[0] + 2 - length))
+        return answer[:1] + body[a + 1 : b + 1] + answer[-1:]
     cut = body[: max(limit - 3, 1)]
     close = next((t for t in reversed(body) if t in stops), None)
     return answer[:1] + cut + ([close] if close is not None else []) + answer[-1:]
 
 
 def form_views(
-    q_tokens, a_tokens, restyled_tokens, stops: set[int] = frozenset()
+    q_tokens, a_tokens, restyled_tokens, stopped_tokens, stops: set[int] = frozenset()
 ) -> tuple[list[list[int]], torch.Tensor]:
     """One text per row that length alone cannot label, for the question flag's detector.
 
-    Row ``i`` gets the view ``VIEW_KINDS[i % 4]``, so every batch holds all four:
+    Row ``i`` gets the view ``VIEW_KINDS[i % 5]``, so every batch holds all five:
 
-    - the answer's first sentence (:func:`first_sentence`, at most twice its question's length):
-      a short, complete statement, often on the question's own topic ("Rotor syndrome is a
-      rare condition."), the kind of answer a detector that reads length or topic would flag;
+    - a sentence of the answer as long as its question (:func:`matched_sentence`): a short,
+      complete statement, often on the question's own topic ("Rotor syndrome is a rare
+      condition."), the kind of answer a detector that reads length or topic would flag;
     - the question in the other style (:func:`restyle_question`): written questions bare,
       lower-cased without "?" (NQ's style), and bare ones written, capitalised with "?", so
       neither case nor punctuation labels a question;
     - a question, then its answer: FAQ style, the question restated before the answer (an answer
       that contains a question);
     - context, then a question: a sentence of another answer before the question (a question
-      longer than many answers).
+      longer than many answers);
+    - a written question closed by a full stop instead of "?" (:func:`full_stop`), so a closing
+      "." does not label an answer either (a bare question gets its written style again).
 
     The detector learns that a text which ends in a statement is an answer and one that ends in
     a question is a question, whatever its length or punctuation.
@@ -107,6 +128,7 @@ def form_views(
         q_tokens: token ids of the questions, ``[CLS] ... [SEP]``.
         a_tokens: token ids of the answers.
         restyled_tokens: token ids of the questions in the other style.
+        stopped_tokens: token ids of the questions closed by a full stop.
         stops: the token ids that end a sentence (:data:`SENTENCE_ENDS`).
 
     Returns:
@@ -114,17 +136,19 @@ def form_views(
     """
     n, views, labels = len(q_tokens), [], []
     for i, (q, a) in enumerate(zip(q_tokens, a_tokens)):
-        kind, other = i % 4, a_tokens[(i + 1) % n]
-        if kind == 0:  # [CLS] first sentence. [SEP]
-            view = first_sentence(a, 2 * len(q), stops)
+        kind, other = i % len(VIEW_KINDS), a_tokens[(i + 1) % n]
+        if kind == 0:  # [CLS] a sentence. [SEP]
+            view = matched_sentence(a, len(q), stops)
         elif kind == 1:
             view = restyled_tokens[i]
         elif kind == 2:  # [CLS] question answer... [SEP]
             view = q[:-1] + a[1:-1][:VIEW_EXTRA] + a[-1:]
-        else:  # [CLS] context... question [SEP]
+        elif kind == 3:  # [CLS] context... question [SEP]
             view = other[:-1][: 1 + VIEW_EXTRA] + q[1:]
+        else:
+            view = stopped_tokens[i]
         views.append(view)
-        labels.append(kind in (1, 3))
+        labels.append(kind in (1, 3, 4))
     return views, torch.tensor(labels, dtype=torch.bool)
 
 

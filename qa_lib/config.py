@@ -43,8 +43,8 @@ class EncoderConfig:
     question_flag: bool = True  # separate towers: the answer tower flags question-like texts, and
     # a flagged text loses 1 from every score (one extra embedding column; qa_lib.question_flag)
     flag_depth: float = 0.67  # the flag's detector reads the layer at this share of the depth
-    flag_features: str = "mean+ends"  # what it reads there: "mean+ends" (the mean, the first and
-    # the last token) or "mean" (qa_lib 0.1); see qa_lib.question_flag.flag_features
+    flag_features: str = "mean+first+last"  # what it reads there: the mean, [CLS] and the text's
+    # last token; "mean+ends" ([SEP] for the last, flag v2-v3), "mean" (qa_lib 0.1): flag_features
     pretrained: bool = True  # False: random init from the same config (as the original lesson)
     max_q_len: int = 32  # question tokens kept
     max_a_len: int = 128  # answer tokens kept
@@ -82,8 +82,9 @@ class TrainConfig:
     # trains the towers apart, counted as this many negatives (0 = off; tied towers: always off)
     flag_lr: float = 0.1  # AdamW learning rate of the question flag's detector (a linear probe
     # trained from zero in a few dozen steps: far above the towers' rate)
-    flag_views: bool = True  # the detector also learns from texts length cannot label: the
-    # answers' first sentences, questions restyled, FAQ-style answers, long questions (form_views)
+    flag_views: bool = True  # the detector also learns from texts length cannot label: answer
+    # sentences as long as questions, questions restyled or ending in ".", FAQ-style answers, long
+    # questions (qa_lib.batching.form_views)
     group_batches: bool = True  # topic-aware batches when the pairs carry groups (articles,
     # topics): each batch holds one or a few groups, so its negatives are on-topic
     hard_negatives: int = 0  # BM25-mined wrong answers per pair added as extra negatives (0 = none)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from qa_lib.batching import restyle_question
+from qa_lib.batching import full_stop, restyle_question
 from qa_lib.bm25 import bm25_index, bm25_scores, lexical_scores
 from qa_lib.config import DEMO_ANSWER, DEMO_DISTRACTOR, DEMO_QUESTION
 from qa_lib.data import Pairs
@@ -241,11 +241,12 @@ def flag_by_length(model, pairs: Pairs, batch_size: int = 64) -> dict[str, dict[
     (``n < 0.75 m``), as long (up to ``1.5 m``) and longer; and the questions (their echoes) in a
     fourth row.
 
-    Real answers as short as a question are rare (none of SQuAD's paragraphs), so two more rows
+    Real answers as short as a question are rare (none of SQuAD's paragraphs), so three more rows
     hold texts made from the pool that a length cue gets wrong (:data:`STRESS_ROWS`): the first
     sentence of every answer that has more than one (short, and a statement: none should be
-    flagged), and every question in the other style (:func:`qa_lib.batching.restyle_question`:
-    written questions bare, bare ones written; all should be flagged).
+    flagged), every question in the other style (:func:`qa_lib.batching.restyle_question`:
+    written questions bare, bare ones written) and every written question closed by a full stop
+    instead of its "?" (:func:`qa_lib.batching.full_stop`); all of these should be flagged.
 
     Returns:
         ``{bucket: {"n": count, "flag_rate": share with p > 0.5, "max_p": the largest p}}``.
@@ -265,24 +266,40 @@ def flag_by_length(model, pairs: Pairs, batch_size: int = 64) -> dict[str, dict[
     return report
 
 
-STRESS_ROWS = ("first sentences of answers", "questions restyled")  # rows of flag_by_length
+STRESS_ROWS = (  # rows of flag_by_length
+    "first sentences of answers",
+    "questions restyled",
+    "questions ending in a full stop",
+)
 
 
 def stress_texts(task) -> dict[str, list[str]]:
     """The texts of :data:`STRESS_ROWS` built from a retrieval task's pool: the first sentence of
-    every candidate that has several (answers), every question restyled (questions)."""
+    every candidate that has several (answers), every question restyled and every written one
+    closed by a full stop (questions)."""
     firsts = [f for f in map(first_sentence_text, task.candidates) if f]
     restyled = [restyle_question(q) for q in task.questions]
-    return dict(zip(STRESS_ROWS, (firsts, restyled)))
+    stopped = [full_stop(q) for q in task.questions if "?" in q]
+    return dict(zip(STRESS_ROWS, (firsts, restyled, stopped)))
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!;])\s+(?=[A-Z0-9\"'(])")  # then a new sentence
 
 
+_ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "prof", "st", "mt", "jr", "sr", "no", "vs", "fig", "e.g"}
+
+
 def first_sentence_text(answer: str) -> str:
-    """An answer's first sentence, or "" when the answer is a single sentence."""
-    parts = _SENTENCE_END.split(answer.strip(), maxsplit=1)
-    return parts[0] if len(parts) == 2 else ""
+    """An answer's first sentence, or "" when the answer is a single sentence.
+
+    A full stop after an initial or a title ("J. Smith", "Dr. Who") does not end a sentence."""
+    text = answer.strip()
+    for end in _SENTENCE_END.finditer(text):
+        head = text[: end.start()]
+        word = head.rsplit(None, 1)[-1][:-1].lower()  # the word before the full stop
+        if len(word) > 1 and word not in _ABBREVIATIONS:
+            return head
+    return ""
 
 
 def _token_counts(model, texts: Sequence[str]) -> list[int]:

@@ -9,8 +9,9 @@ by topic ranks the echo first. The flag is one more embedding column: questions 
 
 It is a query-independent prior on the answer side, learned from the training questions and
 answers (the echoes are its positives, the answers its negatives) and from one *form view* per pair
-that length cannot label (:func:`qa_lib.batching.form_views`: answers' first sentences,
-questions in the other style, FAQ-style answers, questions after a sentence). It flags
+that length cannot label (:func:`qa_lib.batching.form_views`: answer sentences as long as a
+question, questions in the other style or closed by a full stop, FAQ-style answers, questions
+after a sentence). It flags
 question-shaped passages too, so it suits question → answer search, not a search for similar
 questions.
 Training uses the smooth ``-p`` for the detector's loss; search uses a ramp from 0 at p = 0.5 to
@@ -24,7 +25,7 @@ from torch import nn
 
 from qa_lib.errors import QAError
 
-FLAG_FEATURES = ("mean", "mean+ends")  # EncoderConfig.flag_features: see flag_features
+FLAG_FEATURES = ("mean", "mean+ends", "mean+first+last")  # EncoderConfig.flag_features
 
 
 def flag_features(hidden: torch.Tensor, attention_mask: torch.Tensor, kind: str) -> torch.Tensor:
@@ -33,10 +34,12 @@ def flag_features(hidden: torch.Tensor, attention_mask: torch.Tensor, kind: str)
     Args:
         hidden: the middle layer's token vectors. Shape (batch, seq, hidden).
         attention_mask: 1 for real tokens. Shape (batch, seq).
-        kind: "mean", the mean over the tokens (qa_lib 0.1); or "mean+ends", that mean beside the
-            first and the last token's vectors, which show how the text begins and how it ends
-            (a question asked after a statement ends as a question; an answer after its restated
-            question ends as an answer).
+        kind: "mean", the mean over the tokens (qa_lib 0.1); "mean+ends", that mean beside the
+            vectors of ``[CLS]`` and the final ``[SEP]`` (question flag v2 and v3);
+            "mean+first+last" (the default), the mean beside ``[CLS]`` and the text's own last
+            token before ``[SEP]``: how the text begins and how it ends, its closing word or
+            punctuation (a question asked after a statement ends as a question; an answer after
+            its restated question ends as an answer).
 
     Returns:
         Shape (batch, hidden) or (batch, 3 * hidden).
@@ -45,8 +48,8 @@ def flag_features(hidden: torch.Tensor, attention_mask: torch.Tensor, kind: str)
     mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
     if kind == "mean":
         return mean
-    last = attention_mask.sum(1).long() - 1  # the final [SEP]
-    ends = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    last = attention_mask.sum(1).long() - (1 if kind == "mean+ends" else 2)
+    ends = hidden[torch.arange(hidden.shape[0], device=hidden.device), last.clamp(min=0)]
     return torch.cat([mean, hidden[:, 0], ends], dim=-1)
 
 
@@ -59,11 +62,11 @@ class QuestionFlag(nn.Module):
     the towers are trained by the in-batch loss alone.
     """
 
-    def __init__(self, hidden_size: int, features: str = "mean+ends"):
+    def __init__(self, hidden_size: int, features: str = "mean+first+last"):
         super().__init__()
         if features not in FLAG_FEATURES:
             raise QAError(f"unknown flag_features {features!r}: use one of {FLAG_FEATURES}")
-        self.probe = nn.Linear(hidden_size * (3 if features == "mean+ends" else 1), 1)
+        self.probe = nn.Linear(hidden_size * (1 if features == "mean" else 3), 1)
         nn.init.zeros_(self.probe.weight)
         nn.init.zeros_(self.probe.bias)
 

@@ -10,7 +10,8 @@ from qa_lib import DualEncoder, QAError, TrainConfig, in_batch_loss
 from qa_lib.batching import (
     SENTENCE_ENDS,
     VIEW_KINDS,
-    first_sentence,
+    full_stop,
+    matched_sentence,
     restyle_question,
     tokenize_pairs,
 )
@@ -122,25 +123,24 @@ def test_form_views_break_the_length_cue(tiny_model, default_splits):
     """Every batch gets answers as short as questions and questions as long as answers."""
     pairs = default_splits["train"].select(range(40))
     data = tokenize_pairs(tiny_model, pairs)
-    assert len(data.views) == len(pairs) and data.view_is_question.tolist()[:4] == [
-        False,
-        True,
-        False,
-        True,
-    ]
+    labels = data.view_is_question.tolist()
+    assert len(data.views) == len(pairs) and labels[:5] == [False, True, False, True, True]
     decode = tiny_model.tokenizer.decode
-    for i in range(0, 40, 4):
-        short, restyled, faq, long = (data.views[i + k] for k in range(4))
+    for i in range(0, 40, 5):
+        short, restyled, faq, long, stopped = (data.views[i + k] for k in range(5))
         answer = data.a_tokens[i]
         assert len(short) <= 2 * len(data.q_tokens[i]) and short[-1] == answer[-1]
-        assert decode(short[-2:-1]) in SENTENCE_ENDS and short[:-2] == answer[: len(short) - 2]
+        assert decode(short[-2:-1]) in SENTENCE_ENDS  # closed as a sentence
+        body, n = short[1:-2], len(short) - 3  # its words: a stretch of the answer's
+        assert any(answer[k : k + n] == body for k in range(len(answer)))
         question = pairs.questions[i + 1]
         assert restyled == tiny_model.tokenizer(restyle_question(question))["input_ids"]
         assert ("?" in decode(restyled)) != ("?" in question)  # the style it lacks
         assert faq[: len(data.q_tokens[i + 2]) - 1] == data.q_tokens[i + 2][:-1]  # q, then a
         assert long[-len(data.q_tokens[i + 3]) + 1 :] == data.q_tokens[i + 3][1:]  # ..., then q
         assert len(long) > len(data.q_tokens[i + 3])
-    assert len(VIEW_KINDS) == 4
+        assert stopped == tiny_model.tokenizer(full_stop(pairs.questions[i + 4]))["input_ids"]
+    assert len(VIEW_KINDS) == 5
 
 
 def test_restyled_questions_swap_written_and_bare():
@@ -150,25 +150,37 @@ def test_restyled_questions_swap_written_and_bare():
     assert restyle_question("how do I fix it?") == "how do i fix it"  # a "?" makes it written
     assert restyle_question("Symptoms of cholera") == "Symptoms of cholera?"
     assert restyle_question("?") == "?"  # nothing left to restyle
+    assert full_stop("Who wrote Hamlet ? ") == "Who wrote Hamlet."
+    assert full_stop("Who is at risk for colitis? ?") == "Who is at risk for colitis."
+    assert full_stop("who wrote hamlet") == "Who wrote hamlet?"  # bare: written instead
 
 
-def test_first_sentence_is_a_complete_short_statement():
-    cls, sep, dot = 101, 102, 9  # [CLS] a b . c d . [SEP]
-    answer = [cls, 1, 2, dot, 3, 4, dot, sep]
-    assert first_sentence(answer, 10, {dot}) == [cls, 1, 2, dot, sep]
-    long = [cls, *range(20, 40), dot, sep]  # one sentence longer than the limit: cut, then closed
-    assert first_sentence(long, 8, {dot}) == [cls, 20, 21, 22, 23, 24, dot, sep]
-    assert first_sentence([cls, 1, 2, 3, sep], 4, {dot}) == [cls, 1, sep]  # no sentence end
+def test_matched_sentence_is_a_whole_sentence_as_long_as_the_question():
+    cls, sep, dot = 101, 102, 99  # [CLS] a b c d . e f . g h i . [SEP]
+    answer = [cls, 1, 2, 3, 4, dot, 5, 6, dot, 7, 8, 9, dot, sep]
+    assert matched_sentence(answer, 5, {dot}) == [cls, 5, 6, dot, sep]  # 5 tokens: the closest
+    assert matched_sentence(answer, 6, {dot}) == [cls, 7, 8, 9, dot, sep]
+    assert matched_sentence(answer, 9, {dot}) == [cls, 1, 2, 3, 4, dot, sep]  # all longer
+    tie = [cls, 1, 2, dot, 3, 4, dot, sep]
+    assert matched_sentence(tie, 4, {dot}) == [cls, 1, 2, dot, sep]  # the first of a tie
+    short = [cls, 1, dot, 2, 3, 4, dot, sep]  # "a." is too short to be a sentence
+    assert matched_sentence(short, 3, {dot}) == [cls, 2, 3, 4, dot, sep]
+    long = [cls, *range(20, 40), dot, sep]  # one sentence longer than 2x: cut, then closed
+    assert matched_sentence(long, 4, {dot}) == [cls, 20, 21, 22, 23, 24, dot, sep]
+    assert matched_sentence([cls, 1, 2, 3, sep], 2, {dot}) == [cls, 1, sep]  # no sentence end
 
 
 def test_flag_features_read_the_mean_and_both_ends():
     hidden = torch.arange(24.0).reshape(1, 4, 6)  # (batch, seq, hidden)
     mask = torch.tensor([[1, 1, 1, 0]])  # the last position is padding
-    features = flag_features(hidden, mask, "mean+ends")
+    features = flag_features(hidden, mask, "mean+first+last")
     assert features.shape == (1, 18)
     assert_close(features[0, :6], hidden[0, :3].mean(0))
     assert_close(features[0, 6:12], hidden[0, 0])  # [CLS]
-    assert_close(features[0, 12:], hidden[0, 2])  # the final real token, not the padding
+    assert_close(features[0, 12:], hidden[0, 1])  # the text's last token, before [SEP]
+    ends = flag_features(hidden, mask, "mean+ends")  # flag v2-v3: [SEP], not the padding
+    assert_close(ends[0, 12:], hidden[0, 2])
+    assert_close(ends[:, :12], features[:, :12])
     assert_close(flag_features(hidden, mask, "mean"), features[:, :6])
     with pytest.raises(QAError, match="unknown flag_features 'max'"):
         DualEncoder.from_config(
@@ -199,9 +211,12 @@ def test_question_probability_and_flag_by_length(tiny_model, tiny_splits):
     firsts = [first_sentence_text(a) for a in answers]
     assert report["first sentences of answers"]["n"] == sum(map(bool, firsts))
     assert report["questions restyled"]["n"] == len(tiny_splits[1].questions)
+    written = [q for q in tiny_splits[1].questions if "?" in q]
+    assert report["questions ending in a full stop"]["n"] == len(written)
     assert first_sentence_text("Cholera is caught. It spreads in 2.5 days.") == "Cholera is caught."
     assert first_sentence_text("Is it safe? Yes. Most airlines allow it.") == "Is it safe? Yes."
     assert first_sentence_text("One sentence, 2.5 km long.") == ""  # a single sentence: no row
+    assert first_sentence_text("Dr. J. Smith wrote it. It sold.") == "Dr. J. Smith wrote it."
     tied = DualEncoder.from_config(tiny_model.config, tied=True)
     with pytest.raises(QAError, match="no question flag"):
         tied.question_probability(["what?"])
