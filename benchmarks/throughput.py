@@ -22,6 +22,8 @@ Measured in one run, same model, batch, data and lengths, each system in its own
           qa_lib.packed's: that lever's share
   qa_lib-attn0   qa_lib with ``attention_dropout=0`` instead of MiniLM's 0.1: the CPU's fused
           attention kernel runs (a lever, not the default)
+  qa_lib-fastdrop  qa_lib with ``model.fast_dropout = True``: the packed forward's dropout masks
+          from 16 random bits per element (qa_lib.packed.keep_mask) instead of ``bernoulli_``
 
 ``--precision fp32`` measures as a CPU without native bf16 does (qa_lib's "auto" resolves to fp32
 there; st-bf16, emulated, is skipped): every qa_lib row and the encoding run fp32. On a CPU
@@ -221,6 +223,7 @@ def run_qa_lib(
     precision: str | None = None,
     dense_grad: bool = False,
     packed: bool = True,
+    fast_dropout: bool = False,
     **encoder: object,
 ) -> None:
     from torch import nn
@@ -232,7 +235,7 @@ def run_qa_lib(
             model=spec.model_dir, max_q_len=spec.max_q_len, max_a_len=spec.max_a_len, **encoder
         )
     )
-    model.packed = packed
+    model.packed, model.fast_dropout = packed, fast_dropout
     if dense_grad:  # undo qa_lib.row_grad: PyTorch's embedding backward
         for encoder in (model.q_encoder, model.a_encoder):
             encoder.get_input_embeddings().__class__ = nn.Embedding
@@ -342,6 +345,7 @@ def worker(system: str, spec: Spec) -> dict:
             "qa_lib-densegrad": lambda *a: run_qa_lib(*a, dense_grad=True),
             "qa_lib-unpacked": lambda *a: run_qa_lib(*a, packed=False),
             "qa_lib-attn0": lambda *a: run_qa_lib(*a, attention_dropout=0.0),
+            "qa_lib-fastdrop": lambda *a: run_qa_lib(*a, fast_dropout=True),
         }[system]
         runner(spec, questions, answers, clock)
         result = {"pairs_per_s": clock.pairs_per_s(spec)}

@@ -11,12 +11,20 @@ grid, as transformers' pass does, and keeps the real tokens' rows: the same rand
 seed trains the same towers packed or not (tested: the same losses step by step, with dropout
 on).
 
+With ``fast_dropout=True`` (``DualEncoder.fast_dropout``; not the default) the layers' dropout
+draws its masks from 16 random bits per element instead (:func:`keep_mask`): the same
+distribution, p rounded to a multiple of 1/65536, at a fifth of ``bernoulli_``'s cost on the CPU,
+where drawing the masks is a large share of a training step; attention then runs as written out
+(scores, softmax, dropout, values) instead of PyTorch's fused kernel. It is not transformers'
+random stream, so a seed no longer trains the same towers packed or not.
+
 Only a plain BERT encoder (``BertModel``: MiniLM, BERT-base, ...) is packed; any other model
 runs its own forward.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,27 +63,73 @@ class Packing:
         return grid.index_copy(0, self.rows, packed).view(b, length, -1)
 
 
-def _dropout(x: torch.Tensor, dropout: nn.Dropout, packing: Packing, training: bool):
-    """``dropout`` on packed rows with the mask transformers' padded pass would draw.
+LEVELS = 1 << 16  # keep_mask's resolution: one 16-bit lane per element
 
-    PyTorch's CPU dropout fills a tensor of the input's shape with ``bernoulli_(1 - p)``, divides
-    it by ``1 - p`` and multiplies; here that tensor has the padded grid's shape, and its rows at
-    the real tokens multiply ``x``.
+
+def keep_mask(shape: tuple[int, ...], p: float, device=None) -> tuple[torch.Tensor, float]:
+    """Which elements dropout keeps, from 16 random bits each, and the factor for the kept ones.
+
+    One 64-bit draw of PyTorch's generator gives four 16-bit lanes; an element is dropped when
+    its lane falls among the lowest ``round(p * 65536)`` of the 65,536 values, so the drop rate
+    is ``p`` rounded to a multiple of 1/65536 (0.1 -> 0.100006) and the factor ``1 / (1 - that)``
+    keeps every element's expectation. Seeded by ``torch.manual_seed`` like ``bernoulli_``.
+
+    Returns:
+        ``(keep, factor)``: a bool tensor of ``shape``, and the factor for the kept elements.
+    """
+    n, drop = math.prod(shape), round(p * LEVELS)
+    words = torch.randint(-(1 << 63), (1 << 63) - 1, (-(-n // 4),), device=device)
+    lanes = words.view(torch.int16)[:n].view(shape)
+    return lanes >= drop - LEVELS // 2, LEVELS / (LEVELS - drop)
+
+
+def _dropout(x: torch.Tensor, dropout: nn.Dropout, packing: Packing, mode: str):
+    """``dropout`` on packed rows: ``mode`` "exact" draws the mask transformers' padded pass would
+    (PyTorch's CPU dropout fills a tensor of the input's shape with ``bernoulli_(1 - p)``, divides
+    it by ``1 - p`` and multiplies: here a tensor of the padded grid's shape, whose rows at the
+    real tokens multiply ``x``); "fast" draws one lane per real element (:func:`keep_mask`);
+    "off" (evaluation) keeps ``x``.
     """
     p = dropout.p
-    if not training or p == 0:
+    if mode == "off" or p == 0:
         return x
+    if mode == "fast":
+        keep, factor = keep_mask(tuple(x.shape), p, x.device)
+        return torch.where(keep, x * factor, 0.0)
     b, length = packing.shape
     noise = x.new_empty(b * length, x.shape[-1]).bernoulli_(1 - p)
     return x * noise.div_(1 - p).index_select(0, packing.rows)
 
 
-def _residual(block: nn.Module, h: torch.Tensor, x: torch.Tensor, packing: Packing, training):
+def _residual(block: nn.Module, h: torch.Tensor, x: torch.Tensor, packing: Packing, mode: str):
     """A BertSelfOutput or BertOutput on packed rows: dense, dropout, LayerNorm of the sum."""
-    return block.LayerNorm(_dropout(block.dense(h), block.dropout, packing, training) + x)
+    return block.LayerNorm(_dropout(block.dense(h), block.dropout, packing, mode) + x)
 
 
-def _attention(attention: nn.Module, x: torch.Tensor, packing: Packing, key_mask, training: bool):
+def written_attention(q, k, v, key_mask: torch.Tensor, scale: float, p: float) -> torch.Tensor:
+    """Attention written out, with :func:`keep_mask`'s dropout on the weights at rate ``p``.
+
+    ``softmax(scale * q k^T, masked) v`` as transformers' eager attention computes it (the
+    softmax in float32); ``key_mask`` (B, 1, 1, L) is True at the keys every query may read.
+    """
+    b, heads, length, size = q.shape
+    bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device)
+    bias = bias.masked_fill(~key_mask, float("-inf")).expand(b, heads, 1, length)
+
+    def flat(t: torch.Tensor) -> torch.Tensor:  # (B * heads, L, size)
+        return t.reshape(b * heads, length, size)
+
+    # one fused product: the masked, scaled scores
+    scores = torch.baddbmm(bias.reshape(b * heads, 1, length), flat(q), flat(k).mT, alpha=scale)
+    weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+    if p > 0:
+        keep, factor = keep_mask(tuple(weights.shape), p, weights.device)
+        weights = torch.where(keep, weights, 0.0)
+    context = torch.bmm(weights, flat(v)).view(b, heads, length, size)
+    return context * factor if p > 0 else context
+
+
+def _attention(attention: nn.Module, x: torch.Tensor, packing: Packing, key_mask, mode: str):
     """BertSelfAttention on packed tokens: the projections packed, the scores per text."""
     heads, size = attention.num_attention_heads, attention.attention_head_size
     b, length = packing.shape
@@ -83,19 +137,23 @@ def _attention(attention: nn.Module, x: torch.Tensor, packing: Packing, key_mask
     def per_head(projection: nn.Linear) -> torch.Tensor:  # (B, heads, L, size)
         return packing.unpack(projection(x)).view(b, length, heads, size).transpose(1, 2)
 
-    context = nn.functional.scaled_dot_product_attention(
-        per_head(attention.query),
-        per_head(attention.key),
-        per_head(attention.value),
-        attn_mask=key_mask,
-        dropout_p=attention.dropout.p if training else 0.0,
-        scale=attention.scaling,
-    )
+    q, k, v = per_head(attention.query), per_head(attention.key), per_head(attention.value)
+    p = attention.dropout.p if mode != "off" else 0.0
+    if mode == "fast" and p > 0:
+        context = written_attention(q, k, v, key_mask, attention.scaling, p)
+    else:
+        context = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=p, scale=attention.scaling
+        )
     return packing.pack(context.transpose(1, 2).reshape(b, length, heads * size))
 
 
 def packed_forward(
-    encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, capture: int = 0
+    encoder: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    capture: int = 0,
+    fast_dropout: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``encoder``'s last hidden state, computed without the padding.
 
@@ -105,6 +163,8 @@ def packed_forward(
         attention_mask: 1 for real tokens. Shape (B, L).
         capture: also return ``hidden_states[capture]`` (the output of layer ``capture - 1``);
             0 = none.
+        fast_dropout: in training, the layers' dropout masks from :func:`keep_mask` instead of
+            transformers' ``bernoulli_`` stream (the embeddings' dropout stays transformers').
 
     Returns:
         ``(last, middle)``: shape (B, L, hidden) each, zeros at the padding; ``middle`` None
@@ -115,11 +175,11 @@ def packed_forward(
     x = packing.pack(encoder.embeddings(input_ids=input_ids))
     key_mask = mask[:, None, None, :]  # (B, 1, 1, L): every query ignores the padded keys
     middle = None
+    mode = ("fast" if fast_dropout else "exact") if encoder.training else "off"
     for i, layer in enumerate(encoder.encoder.layer):
-        training = encoder.training
-        context = _attention(layer.attention.self, x, packing, key_mask, training)
-        x = _residual(layer.attention.output, context, x, packing, training)
-        x = _residual(layer.output, layer.intermediate(x), x, packing, training)
+        context = _attention(layer.attention.self, x, packing, key_mask, mode)
+        x = _residual(layer.attention.output, context, x, packing, mode)
+        x = _residual(layer.output, layer.intermediate(x), x, packing, mode)
         if i + 1 == capture:
             middle = packing.unpack(x)
     return packing.unpack(x), middle

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
@@ -76,3 +77,57 @@ def test_with_dropout_on_a_seed_trains_the_same_towers_packed_or_not(tiny_config
     assert len(losses[True]) == 3
     # the same dropout masks: a different mask would move the loss by far more than rounding
     assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-5, atol=1e-6)
+
+
+def test_keep_mask_drops_p_of_the_elements_seeded():
+    from qa_lib.packed import LEVELS, keep_mask
+
+    torch.manual_seed(0)
+    keep, factor = keep_mask((1000, 1000), 0.1)
+    assert keep.dtype == torch.bool and keep.shape == (1000, 1000)
+    drop = round(0.1 * LEVELS) / LEVELS  # 0.100006: p rounded to 1/65536
+    assert abs((~keep).float().mean().item() - drop) < 0.002  # 1e6 draws: std 0.0003
+    assert factor == pytest.approx(1 / (1 - drop))
+    rows = (~keep).float().mean(1)  # every lane of the 64-bit draws is used alike
+    assert rows.min() > 0.05 and rows.max() < 0.15
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask((1000, 1000), 0.1)[0], keep)  # the global seed decides
+    keep_all, one = keep_mask((7,), 1e-9)  # p below 1/65536: nothing dropped
+    assert bool(keep_all.all()) and one == 1.0
+
+
+def test_written_attention_is_sdpa_and_drops_the_weights_it_says():
+    from qa_lib.packed import keep_mask, written_attention
+
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 5, 4, requires_grad=True) for _ in range(3))
+    key_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)[:, None, None]
+    scale = 0.5
+    ref = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
+    out = written_attention(q, k, v, key_mask, scale, 0.0)
+    assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    for g, r in zip(grads, torch.autograd.grad(ref.sum(), (q, k, v))):
+        assert_close(g, r, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(7)
+    dropped = written_attention(q, k, v, key_mask, scale, 0.5)
+    torch.manual_seed(7)
+    keep, factor = keep_mask((2, 3, 5, 5), 0.5)  # the same draw
+    weights = ((q @ k.mT) * scale).masked_fill(~key_mask, float("-inf")).softmax(-1)
+    assert_close(dropped, (weights * keep) @ v * factor, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(dropped, out)
+
+
+def test_fast_dropout_trains_reproducibly_with_other_masks(tiny_config, tiny_splits):
+    from qa_lib import TrainConfig, fit
+
+    train, _ = tiny_splits
+    config = TrainConfig(batch_size=32, num_epochs=1, precision="fp32", seed=0)
+    losses = []
+    for fast in (True, True, False):
+        model = DualEncoder.from_config(tiny_config, seed=0)
+        model.fast_dropout = fast
+        losses.append(torch.tensor(fit(model, train, config=config, progress=False).step_loss))
+    assert_close(losses[0], losses[1], rtol=0, atol=0)  # the seed decides the masks
+    assert not torch.allclose(losses[0], losses[2])  # other masks than bernoulli_'s
+    assert_close(losses[0][0], losses[2][0], rtol=0.05, atol=0.05)  # the same distribution
