@@ -35,13 +35,15 @@ def tokenize_pairs(model, pairs) -> TokenizedPairs:
     index: dict[str, int] = {}
     answer_keys = torch.tensor([index.setdefault(a, len(index)) for a in pairs.answers])
     data = TokenizedPairs(q_tokens, a_tokens, answer_keys, tok.pad_token_id or 0)
-    styled = [  # the questions restyled, and closed by a full stop
-        tok([style(q) for q in pairs.questions], truncation=True, max_length=config.max_q_len)
-        for style in (restyle_question, full_stop)
-    ]
+
+    def styled(style) -> list[list[int]]:  # the questions in another form, tokenised
+        texts = [style(q) for q in pairs.questions]
+        return tok(texts, truncation=True, max_length=config.max_q_len)["input_ids"]
+
     stops = set(tok.convert_tokens_to_ids(list(SENTENCE_ENDS)))
-    restyled, stopped = (t["input_ids"] for t in styled)
-    data.views, data.view_is_question = form_views(q_tokens, a_tokens, restyled, stopped, stops)
+    data.views, data.view_is_question = form_views(
+        q_tokens, a_tokens, styled(restyle_question), styled(full_stop), stops
+    )
     return data
 
 
