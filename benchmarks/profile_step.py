@@ -7,6 +7,7 @@ CPU time, and how much of the answer batches is padding. Switch a lever off to s
     python benchmarks/profile_step.py --dense-grad            # PyTorch's embedding backward
     python benchmarks/profile_step.py --unpacked              # transformers' padded forward
     python benchmarks/profile_step.py --attention-dropout 0   # the fused attention kernel
+    python benchmarks/profile_step.py --exact-dropout         # bernoulli_'s masks, not keep_mask's
 
 The packaged MiniLM towers, batch 32, questions <= 32 and answers <= 128 tokens, nq-sample pairs.
 """
@@ -50,13 +51,14 @@ def main() -> None:
     parser.add_argument("--dense-grad", action="store_true", help="PyTorch's embedding backward")
     parser.add_argument("--unpacked", action="store_true", help="transformers' padded forward")
     parser.add_argument("--attention-dropout", type=float, default=None)
+    parser.add_argument("--exact-dropout", action="store_true", help="model.fast_dropout = False")
     parser.add_argument("--rows", type=int, default=15, help="operators to print")
     args = parser.parse_args()
     if not NQ.exists():
         sys.exit(f"benchmark data not found: {NQ}")
     pairs = load_pairs(NQ)
     model = DualEncoder.from_config(EncoderConfig(attention_dropout=args.attention_dropout))
-    model.packed = not args.unpacked
+    model.packed, model.fast_dropout = not args.unpacked, not args.exact_dropout
     if args.dense_grad:
         for encoder in (model.q_encoder, model.a_encoder):
             encoder.get_input_embeddings().__class__ = nn.Embedding

@@ -22,8 +22,9 @@ Measured in one run, same model, batch, data and lengths, each system in its own
           qa_lib.packed's: that lever's share
   qa_lib-attn0   qa_lib with ``attention_dropout=0`` instead of MiniLM's 0.1: the CPU's fused
           attention kernel runs (a lever, not the default)
-  qa_lib-fastdrop  qa_lib with ``model.fast_dropout = True``: the packed forward's dropout masks
-          from 16 random bits per element (qa_lib.packed.keep_mask) instead of ``bernoulli_``
+  qa_lib-exactdrop  qa_lib with ``model.fast_dropout = False``: the packed forward's dropout
+          masks from ``bernoulli_``, as transformers' pass draws them, instead of 16 random bits
+          per element (qa_lib.packed.keep_mask): that lever's share
 
 ``--precision fp32`` measures as a CPU without native bf16 does (qa_lib's "auto" resolves to fp32
 there; st-bf16, emulated, is skipped): every qa_lib row and the encoding run fp32. On a CPU
@@ -35,7 +36,8 @@ synchronise at each boundary; qa_lib's boundaries come from ``fit``'s ``on_step`
 a trainer callback). Encoding compares qa_lib's ``encode_answers`` with the raw forward pass of
 the answer tower on pre-tokenised batches sorted by characters (``raw_forward``; ``encode_answers``
 sorts by characters, then by token count within each block it tokenises) and by token count over
-all texts (``raw_forward_tokens``: the least padding), and with sentence-transformers' ``encode``,
+all texts (``raw_forward_tokens``: the least padding), with itself with its fp32 products through
+MKL (``qa_lib_encode_mkl``: the oneDNN lever's share) and with sentence-transformers' ``encode``,
 on 1,000 answers: after a warm-up pass each, three timed passes of each function in turn, the
 median kept.
 
@@ -223,7 +225,7 @@ def run_qa_lib(
     precision: str | None = None,
     dense_grad: bool = False,
     packed: bool = True,
-    fast_dropout: bool = False,
+    fast_dropout: bool = True,
     **encoder: object,
 ) -> None:
     from torch import nn
@@ -277,6 +279,13 @@ def run_encode(spec: Spec, questions, answers) -> dict:
     by_tokens = batches([len(x) for x in lengths])
     by_chars = batches([len(t) for t in texts])  # as encode_answers first sorts
 
+    def with_mkl() -> None:  # encode_answers with its fp32 products through MKL
+        model.onednn = False
+        try:
+            model.encode_answers(texts, batch_size=64)
+        finally:
+            model.onednn = True
+
     def raw(token_batches: list[dict]) -> None:
         with torch.inference_mode(), autocast(model.device, model.precision):
             for batch in token_batches:
@@ -287,6 +296,7 @@ def run_encode(spec: Spec, questions, answers) -> dict:
         "raw_forward": lambda: raw(by_chars),
         "raw_forward_tokens": lambda: raw(by_tokens),
         "qa_lib_encode": lambda: model.encode_answers(texts, batch_size=64),
+        "qa_lib_encode_mkl": with_mkl,
     }
     try:
         st = peers.st_model(spec.model_dir, max_seq_length=spec.max_a_len, device=spec.device)
@@ -345,7 +355,7 @@ def worker(system: str, spec: Spec) -> dict:
             "qa_lib-densegrad": lambda *a: run_qa_lib(*a, dense_grad=True),
             "qa_lib-unpacked": lambda *a: run_qa_lib(*a, packed=False),
             "qa_lib-attn0": lambda *a: run_qa_lib(*a, attention_dropout=0.0),
-            "qa_lib-fastdrop": lambda *a: run_qa_lib(*a, fast_dropout=True),
+            "qa_lib-exactdrop": lambda *a: run_qa_lib(*a, fast_dropout=False),
         }[system]
         runner(spec, questions, answers, clock)
         result = {"pairs_per_s": clock.pairs_per_s(spec)}
@@ -457,7 +467,7 @@ def training_row(r: dict, base: float | None) -> dict:
     }
 
 
-ENCODERS = ("raw_forward", "raw_forward_tokens", "qa_lib_encode", "st_encode")
+ENCODERS = ("raw_forward", "raw_forward_tokens", "qa_lib_encode", "qa_lib_encode_mkl", "st_encode")
 
 
 def encoding_table(enc: dict) -> str:

@@ -116,8 +116,9 @@ class DualEncoder(nn.Module):
         # encoding for search: "auto" = bf16 where the hardware has it (qa_lib.runtime)
         self.precision = "auto"
         self.packed = True  # on the CPU, run the towers without their padding (qa_lib.packed)
-        self.fast_dropout = False  # packed: dropout masks from qa_lib.packed.keep_mask (faster,
-        # the same distribution, not transformers' random stream)
+        self.fast_dropout = True  # packed: dropout masks from qa_lib.packed.keep_mask (faster,
+        # the same distribution; False = transformers' bernoulli_ stream, as the padded pass)
+        self.onednn = True  # packed, encoding in fp32 on an x86 CPU: oneDNN's products, not MKL's
         self.compiled = False  # set by qa_lib.train.prepare_model with TrainConfig.compile
 
     # ------------------------------------------------------------------ construction
@@ -234,7 +235,7 @@ class DualEncoder(nn.Module):
             return out.last_hidden_state, out.hidden_states[capture] if capture else None
         if self.packed and encoder.device.type == "cpu" and can_pack(encoder):
             ids, mask = batch["input_ids"], batch["attention_mask"]
-            return packed_forward(encoder, ids, mask, capture, self.fast_dropout)
+            return packed_forward(encoder, ids, mask, capture, self.fast_dropout, self.onednn)
         if not capture:
             return encoder(**batch).last_hidden_state, None
         with layer_output(encoder, capture) as middle:

@@ -6,17 +6,18 @@ positions only waste. On NQ answers, four length-sorted chunks per batch are sti
 (``benchmarks/profile_step.py``). Here the token-wise parts run on the real tokens alone, packed
 into one ``(tokens, hidden)`` matrix; only attention, which needs each text's rows together,
 sees the padded ``(batch, length)`` layout, with the padding masked as in transformers' own
-pass. The layers' own modules run (weights, LayerNorm). Dropout draws its masks over the padded
-grid, as transformers' pass does, and keeps the real tokens' rows: the same random stream, so a
-seed trains the same towers packed or not (tested: the same losses step by step, with dropout
-on).
+pass. The layers' own modules run (weights, LayerNorm).
 
-With ``fast_dropout=True`` (``DualEncoder.fast_dropout``; not the default) the layers' dropout
-draws its masks from 16 random bits per element instead (:func:`keep_mask`): the same
-distribution, p rounded to a multiple of 1/65536, at a fifth of ``bernoulli_``'s cost on the CPU,
-where drawing the masks is a large share of a training step; attention then runs as written out
-(scores, softmax, dropout, values) instead of PyTorch's fused kernel. It is not transformers'
-random stream, so a seed no longer trains the same towers packed or not.
+Dropout, by default (``DualEncoder.fast_dropout = True``), draws each mask from 16 random bits
+per element (:func:`keep_mask`): the same distribution as ``bernoulli_``, p rounded to a multiple
+of 1/65536, at a fifth of its cost on the CPU, where drawing the masks was a large share of a
+training step; attention with dropout then runs written out (scores, softmax, dropout, values)
+instead of PyTorch's unfused math kernel. With ``fast_dropout = False`` the masks are drawn over
+the padded grid as transformers' pass draws them, keeping the real tokens' rows: the same random
+stream, so a seed trains the same towers packed or not (tested: the same losses step by step,
+with dropout on). The embeddings' dropout is transformers' own either way.
+
+Encoding in fp32 on an x86 CPU runs the products through oneDNN instead of MKL (:func:`linear`).
 
 Only a plain BERT encoder (``BertModel``: MiniLM, BERT-base, ...) is packed; any other model
 runs its own forward.
@@ -25,6 +26,7 @@ runs its own forward.
 from __future__ import annotations
 
 import math
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -101,9 +103,41 @@ def _dropout(x: torch.Tensor, dropout: nn.Dropout, packing: Packing, mode: str):
     return x * noise.div_(1 - p).index_select(0, packing.rows)
 
 
-def _residual(block: nn.Module, h: torch.Tensor, x: torch.Tensor, packing: Packing, mode: str):
+@dataclass(frozen=True)
+class _Run:
+    """How a pass runs: dropout ``mode`` ("exact", "fast", "off") and oneDNN products."""
+
+    mode: str
+    onednn: bool
+
+
+# oneDNN's matrix product is PyTorch's own (its compiler calls it); measured on x86 CPUs only
+HAS_ONEDNN = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    and platform.machine().lower() in ("x86_64", "amd64")
+)
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, onednn: bool) -> torch.Tensor:
+    """``layer(x)`` on packed rows ``(tokens, d)``, through oneDNN's product when ``onednn``.
+
+    Only for a plain fp32 product on the CPU (not under autocast, which picks its own bf16
+    product) and only without gradients (this product has no backward). Encoding in fp32 runs
+    faster through it than through MKL, PyTorch's default; training did not (README,
+    Performance), so training keeps MKL's.
+    """
+    plain = x.dtype == layer.weight.dtype == torch.float32 and x.device.type == "cpu"
+    if onednn and HAS_ONEDNN and plain and not torch.is_grad_enabled():
+        if not torch.is_autocast_enabled("cpu"):
+            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+    return layer(x)
+
+
+def _residual(block: nn.Module, h: torch.Tensor, x: torch.Tensor, packing: Packing, run: _Run):
     """A BertSelfOutput or BertOutput on packed rows: dense, dropout, LayerNorm of the sum."""
-    return block.LayerNorm(_dropout(block.dense(h), block.dropout, packing, mode) + x)
+    dense = linear(h, block.dense, run.onednn)
+    return block.LayerNorm(_dropout(dense, block.dropout, packing, run.mode) + x)
 
 
 def written_attention(q, k, v, key_mask: torch.Tensor, scale: float, p: float) -> torch.Tensor:
@@ -129,17 +163,18 @@ def written_attention(q, k, v, key_mask: torch.Tensor, scale: float, p: float) -
     return context * factor if p > 0 else context
 
 
-def _attention(attention: nn.Module, x: torch.Tensor, packing: Packing, key_mask, mode: str):
+def _attention(attention: nn.Module, x: torch.Tensor, packing: Packing, key_mask, run: _Run):
     """BertSelfAttention on packed tokens: the projections packed, the scores per text."""
     heads, size = attention.num_attention_heads, attention.attention_head_size
     b, length = packing.shape
 
     def per_head(projection: nn.Linear) -> torch.Tensor:  # (B, heads, L, size)
-        return packing.unpack(projection(x)).view(b, length, heads, size).transpose(1, 2)
+        h = linear(x, projection, run.onednn)
+        return packing.unpack(h).view(b, length, heads, size).transpose(1, 2)
 
     q, k, v = per_head(attention.query), per_head(attention.key), per_head(attention.value)
-    p = attention.dropout.p if mode != "off" else 0.0
-    if mode == "fast" and p > 0:
+    p = attention.dropout.p if run.mode != "off" else 0.0
+    if run.mode == "fast" and p > 0:
         context = written_attention(q, k, v, key_mask, attention.scaling, p)
     else:
         context = nn.functional.scaled_dot_product_attention(
@@ -153,7 +188,8 @@ def packed_forward(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     capture: int = 0,
-    fast_dropout: bool = False,
+    fast_dropout: bool = True,
+    onednn: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``encoder``'s last hidden state, computed without the padding.
 
@@ -165,6 +201,8 @@ def packed_forward(
             0 = none.
         fast_dropout: in training, the layers' dropout masks from :func:`keep_mask` instead of
             transformers' ``bernoulli_`` stream (the embeddings' dropout stays transformers').
+        onednn: in evaluation without gradients, fp32 products on the CPU through oneDNN
+            (:func:`linear`).
 
     Returns:
         ``(last, middle)``: shape (B, L, hidden) each, zeros at the padding; ``middle`` None
@@ -176,10 +214,13 @@ def packed_forward(
     key_mask = mask[:, None, None, :]  # (B, 1, 1, L): every query ignores the padded keys
     middle = None
     mode = ("fast" if fast_dropout else "exact") if encoder.training else "off"
+    run = _Run(mode, onednn and mode == "off")  # oneDNN: encoding only (:func:`linear`)
     for i, layer in enumerate(encoder.encoder.layer):
-        context = _attention(layer.attention.self, x, packing, key_mask, mode)
-        x = _residual(layer.attention.output, context, x, packing, mode)
-        x = _residual(layer.output, layer.intermediate(x), x, packing, mode)
+        context = _attention(layer.attention.self, x, packing, key_mask, run)
+        x = _residual(layer.attention.output, context, x, packing, run)
+        inner = layer.intermediate
+        h = inner.intermediate_act_fn(linear(x, inner.dense, run.onednn))
+        x = _residual(layer.output, h, x, packing, run)
         if i + 1 == capture:
             middle = packing.unpack(x)
     return packing.unpack(x), middle

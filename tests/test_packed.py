@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 from qa_lib import DualEncoder
 from qa_lib.batching import collate
-from qa_lib.packed import can_pack, packed_forward
+from qa_lib.packed import HAS_ONEDNN, can_pack, packed_forward
 
 TEXTS = ["a b", "a much longer text with many more tokens than the others", "what is it?", "x"]
 
@@ -72,7 +72,7 @@ def test_with_dropout_on_a_seed_trains_the_same_towers_packed_or_not(tiny_config
     for packed in (True, False):
         model = DualEncoder.from_config(tiny_config, seed=0)
         assert model.q_encoder.config.hidden_dropout_prob > 0  # dropout is on while training
-        model.packed = packed
+        model.packed, model.fast_dropout = packed, False  # transformers' own masks
         losses[packed] = fit(model, train, config=config, progress=False).step_loss
     assert len(losses[True]) == 3
     # the same dropout masks: a different mask would move the loss by far more than rounding
@@ -131,3 +131,43 @@ def test_fast_dropout_trains_reproducibly_with_other_masks(tiny_config, tiny_spl
     assert_close(losses[0], losses[1], rtol=0, atol=0)  # the seed decides the masks
     assert not torch.allclose(losses[0], losses[2])  # other masks than bernoulli_'s
     assert_close(losses[0][0], losses[2][0], rtol=0.05, atol=0.05)  # the same distribution
+
+
+@pytest.mark.skipif(not HAS_ONEDNN, reason="oneDNN's product is used on x86 CPUs only")
+def test_onednn_product_only_where_no_gradient_is_needed(monkeypatch):
+    from qa_lib import packed
+
+    calls = []
+    product = torch.ops.mkldnn._linear_pointwise
+    fake_ops = type("Ops", (), {"_linear_pointwise": lambda *a: calls.append(1) or product(*a)})
+    monkeypatch.setattr(packed.torch.ops, "mkldnn", fake_ops, raising=False)
+    torch.manual_seed(0)
+    layer, x = nn.Linear(24, 40), torch.randn(30, 24)
+    ref = nn.functional.linear(x, layer.weight, layer.bias)
+    with torch.no_grad():  # encoding: oneDNN's product, the same numbers
+        assert_close(packed.linear(x, layer, onednn=True), ref, rtol=1e-5, atol=1e-5)
+        assert calls == [1]
+        packed.linear(x, layer, onednn=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16: autocast's own product
+            assert packed.linear(x, layer, onednn=True).dtype == torch.bfloat16
+    assert calls == [1]
+    out = packed.linear(x, layer, onednn=True)  # gradients wanted: PyTorch's product
+    assert calls == [1] and out.grad_fn is not None
+
+
+def test_encoding_through_onednn_gives_mkls_embeddings(tiny_model, monkeypatch):
+    from qa_lib import packed
+
+    model = copy.deepcopy(tiny_model)
+    model.precision = "fp32"  # as on a CPU without native bf16
+    used = []
+    real = packed.linear
+    monkeypatch.setattr(
+        packed, "linear", lambda x, layer, onednn: used.append(onednn) or real(x, layer, onednn)
+    )
+    texts = TEXTS * 8
+    ours = model.encode_answers(texts)
+    assert used and all(used)  # every product of the pass asked for oneDNN
+    model.onednn = False
+    assert_close(ours, model.encode_answers(texts), rtol=1e-5, atol=1e-5)
+    assert not any(used[len(used) // 2 :])
