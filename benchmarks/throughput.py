@@ -280,11 +280,11 @@ def run_encode(spec: Spec, questions, answers) -> dict:
     by_chars = batches([len(t) for t in texts])  # as encode_answers first sorts
 
     def with_mkl() -> None:  # encode_answers with its fp32 products through MKL
-        model.onednn = False
+        before, model.onednn = model.onednn, False
         try:
             model.encode_answers(texts, batch_size=64)
         finally:
-            model.onednn = True
+            model.onednn = before
 
     def raw(token_batches: list[dict]) -> None:
         with torch.inference_mode(), autocast(model.device, model.precision):
