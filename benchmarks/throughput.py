@@ -25,6 +25,9 @@ Measured in one run, same model, batch, data and lengths, each system in its own
   qa_lib-exactdrop  qa_lib with ``model.fast_dropout = False``: the packed forward's dropout
           masks from ``bernoulli_``, as transformers' pass draws them, instead of 16 random bits
           per element (qa_lib.packed.keep_mask): that lever's share
+  qa_lib-exactrows  qa_lib with the packed row count left as it is under bf16 autocast instead
+          of rounded (qa_lib.packed.round_rows; oneDNN compiles a kernel per new shape): that
+          lever's share, on bf16 rows only (fp32 rows do not round)
 
 ``--precision fp32`` measures as a CPU without native bf16 does (qa_lib's "auto" resolves to fp32
 there; st-bf16, emulated, is skipped): every qa_lib row and the encoding run fp32. On a CPU
@@ -226,11 +229,16 @@ def run_qa_lib(
     dense_grad: bool = False,
     packed: bool = True,
     fast_dropout: bool = True,
+    round_rows: bool = True,
     **encoder: object,
 ) -> None:
     from torch import nn
 
     from qa_lib import DualEncoder, EncoderConfig, Pairs, TrainConfig, fit
+    from qa_lib import packed as packing
+
+    if not round_rows:  # this worker process only
+        packing.ONEDNN_ROWS = 1
 
     model = DualEncoder.from_config(
         EncoderConfig(
@@ -356,6 +364,7 @@ def worker(system: str, spec: Spec) -> dict:
             "qa_lib-unpacked": lambda *a: run_qa_lib(*a, packed=False),
             "qa_lib-attn0": lambda *a: run_qa_lib(*a, attention_dropout=0.0),
             "qa_lib-exactdrop": lambda *a: run_qa_lib(*a, fast_dropout=False),
+            "qa_lib-exactrows": lambda *a: run_qa_lib(*a, round_rows=False),
         }[system]
         runner(spec, questions, answers, clock)
         result = {"pairs_per_s": clock.pairs_per_s(spec)}

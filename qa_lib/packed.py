@@ -18,6 +18,8 @@ stream, so a seed trains the same towers packed or not (tested: the same losses 
 with dropout on). The embeddings' dropout is transformers' own either way.
 
 Encoding in fp32 on an x86 CPU runs the products through oneDNN instead of MKL (:func:`linear`).
+oneDNN, which also runs every bf16 product under CPU autocast, compiles a kernel for each new
+matrix shape; there the packed row count is rounded up (:func:`round_rows`) so that shapes recur.
 
 Only a plain BERT encoder (``BertModel``: MiniLM, BERT-base, ...) is packed; any other model
 runs its own forward.
@@ -49,20 +51,46 @@ def can_pack(encoder: nn.Module) -> bool:
 
 @dataclass
 class Packing:
-    """Where a padded batch's real tokens are: ``rows`` index its flattened ``(B * L)`` grid."""
+    """Where a padded batch's real tokens are: ``rows`` index its flattened ``(B * L)`` grid.
+
+    ``gather`` is ``rows`` followed by ``rows[0]`` repeated up to a rounder row count
+    (:func:`round_rows`), or ``rows`` itself: the packed matrices have ``len(gather)`` rows, the
+    extra ones copies of a real token that nothing reads back, so they never reach a real row's
+    value or gradient (unpacking keeps the first ``len(rows)``).
+    """
 
     rows: torch.Tensor  # flat positions of the real tokens. Shape (tokens,)
     shape: tuple[int, int]  # (batch, length)
+    gather: torch.Tensor  # the packed matrices' rows: ``rows``, then filler. Shape (>= tokens,)
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, multiple: int = 1) -> Packing:
+        """The packing of an attention mask ``(B, L)``, its row count rounded by ``multiple``."""
+        rows = mask.reshape(-1).nonzero().squeeze(1)
+        extra = round_rows(len(rows), multiple) - len(rows)
+        gather = torch.cat([rows, rows[:1].expand(extra)]) if extra else rows
+        return cls(rows, tuple(mask.shape), gather)
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
-        """``(B, L, d)`` or ``(B * L, d)`` to the real tokens' ``(tokens, d)``."""
-        return padded.reshape(-1, padded.shape[-1]).index_select(0, self.rows)
+        """``(B, L, d)`` or ``(B * L, d)`` to the packed ``(len(gather), d)``."""
+        return padded.reshape(-1, padded.shape[-1]).index_select(0, self.gather)
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
-        """``(tokens, d)`` to ``(B, L, d)``, zeros at the padding."""
+        """``(len(gather), d)`` to ``(B, L, d)``, zeros at the padding."""
         b, length = self.shape
         grid = packed.new_zeros(b * length, packed.shape[-1])
-        return grid.index_copy(0, self.rows, packed).view(b, length, -1)
+        real = packed[: len(self.rows)]
+        return grid.index_copy(0, self.rows, real).view(b, length, -1)
+
+
+def round_rows(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple``, or of an eighth of ``n``'s power of two
+    when that is larger: fewer than ``multiple`` or ``n / 8`` extra rows, and a few dozen
+    distinct counts up to 4,096. ``multiple`` 1 keeps ``n``."""
+    if multiple <= 1 or n == 0:
+        return n
+    step = max(multiple, 1 << max(n.bit_length() - 4, 0))
+    return -(-n // step) * step
 
 
 LEVELS = 1 << 16  # keep_mask's resolution: one 16-bit lane per element
@@ -95,12 +123,14 @@ def _dropout(x: torch.Tensor, dropout: nn.Dropout, packing: Packing, mode: str):
     p = dropout.p
     if mode == "off" or p == 0:
         return x
-    if mode == "fast":
-        keep, factor = keep_mask(tuple(x.shape), p, x.device)
+    if mode == "fast":  # masks for the real rows; the filler rows' values are never read
+        keep, factor = keep_mask((len(packing.rows), x.shape[-1]), p, x.device)
+        if len(x) > len(keep):
+            keep = torch.cat([keep, keep.new_ones(len(x) - len(keep), x.shape[-1])])
         return torch.where(keep, x * factor, 0.0)
     b, length = packing.shape
     noise = x.new_empty(b * length, x.shape[-1]).bernoulli_(1 - p)
-    return x * noise.div_(1 - p).index_select(0, packing.rows)
+    return x * noise.div_(1 - p).index_select(0, packing.gather)
 
 
 @dataclass(frozen=True)
@@ -132,6 +162,19 @@ def linear(x: torch.Tensor, layer: nn.Linear, onednn: bool) -> torch.Tensor:
         if not torch.is_autocast_enabled("cpu"):
             return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
     return layer(x)
+
+
+# oneDNN compiles a kernel for each new matrix shape, milliseconds each: the packed row count,
+# which changes with every batch, is rounded so that a few shapes recur (:func:`round_rows`)
+ONEDNN_ROWS = 64
+
+
+def rounds_rows() -> bool:
+    """Whether to round the packed row count: under CPU autocast, whose bf16 products are
+    oneDNN's (bf16 training 1.31x faster on a 2-core Xeon with AMX: README, Performance).
+    MKL's fp32 products need no rounding; fp32 encoding through oneDNN (:func:`linear`) ran
+    no faster with it."""
+    return HAS_ONEDNN and torch.is_autocast_enabled("cpu")
 
 
 def _residual(block: nn.Module, h: torch.Tensor, x: torch.Tensor, packing: Packing, run: _Run):
@@ -209,12 +252,12 @@ def packed_forward(
         without ``capture``.
     """
     mask = attention_mask.bool()
-    packing = Packing(mask.reshape(-1).nonzero().squeeze(1), tuple(mask.shape))
+    mode = ("fast" if fast_dropout else "exact") if encoder.training else "off"
+    run = _Run(mode, onednn and mode == "off")  # oneDNN: encoding only (:func:`linear`)
+    packing = Packing.of(mask, ONEDNN_ROWS if rounds_rows() else 1)
     x = packing.pack(encoder.embeddings(input_ids=input_ids))
     key_mask = mask[:, None, None, :]  # (B, 1, 1, L): every query ignores the padded keys
     middle = None
-    mode = ("fast" if fast_dropout else "exact") if encoder.training else "off"
-    run = _Run(mode, onednn and mode == "off")  # oneDNN: encoding only (:func:`linear`)
     for i, layer in enumerate(encoder.encoder.layer):
         context = _attention(layer.attention.self, x, packing, key_mask, run)
         x = _residual(layer.attention.output, context, x, packing, run)

@@ -172,3 +172,58 @@ def test_encoding_through_onednn_gives_mkls_embeddings(tiny_model, monkeypatch):
     model.onednn = False
     assert_close(ours, model.encode_answers(texts), rtol=1e-5, atol=1e-5)
     assert used and not any(used)  # and none of them with the switch off
+
+
+def test_round_rows_adds_fewer_than_64_rows_or_an_eighth():
+    from qa_lib.packed import round_rows
+
+    assert round_rows(37, 1) == 37 and round_rows(0, 64) == 0
+    assert round_rows(1, 64) == round_rows(64, 64) == 64 and round_rows(65, 64) == 128
+    for n in range(1, 20_000, 7):
+        rounded = round_rows(n, 64)
+        assert 0 <= rounded - n < max(64, n / 8) and rounded % 64 == 0
+    # few distinct row counts recur: oneDNN compiles one kernel per shape
+    assert len({round_rows(n, 64) for n in range(1, 4097)}) <= 40
+
+
+def test_filler_rows_change_no_output_or_gradient(tiny_model, monkeypatch):
+    from qa_lib import packed
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    packing = packed.Packing.of(mask, 8)
+    assert packing.rows.tolist() == [0, 1, 2, 4] and len(packing.gather) == 8
+    grid = torch.randn(2, 4, 3)
+    assert_close(packing.unpack(packing.pack(grid)), grid * mask[..., None])
+
+    # with fast dropout: the masks' stream too
+    def trained(rounded: bool) -> tuple[torch.Tensor, dict]:
+        monkeypatch.setattr(packed, "rounds_rows", lambda: rounded)
+        model = copy.deepcopy(tiny_model).train()
+        ids = model.tokenizer(TEXTS)["input_ids"]
+        torch.manual_seed(0)
+        a_emb = model.embed_answers(collate(ids, 0))
+        a_emb.square().sum().backward()
+        return a_emb, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    (plain, plain_grads), (rounded, rounded_grads) = trained(False), trained(True)
+    assert_close(rounded, plain, rtol=1e-5, atol=1e-6)
+    assert rounded_grads.keys() == plain_grads.keys()
+    for name in plain_grads:
+        assert_close(rounded_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.skipif(not HAS_ONEDNN, reason="the rounding is for oneDNN's products (x86 CPUs)")
+def test_rows_are_rounded_under_cpu_autocast_only(tiny_model, monkeypatch):
+    from qa_lib import packed
+
+    seen = []
+    real = packed.Packing.of
+    monkeypatch.setattr(
+        packed.Packing, "of", lambda mask, multiple=1: seen.append(multiple) or real(mask, multiple)
+    )
+    batch = tiny_model.tokenize(TEXTS, 32)
+    with torch.no_grad():
+        tiny_model.embed_answers(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            tiny_model.embed_answers(batch)
+    assert seen == [1, packed.ONEDNN_ROWS]
