@@ -25,9 +25,9 @@ Measured in one run, same model, batch, data and lengths, each system in its own
   qa_lib-exactdrop  qa_lib with ``model.fast_dropout = False``: the packed forward's dropout
           masks from ``bernoulli_``, as transformers' pass draws them, instead of 16 random bits
           per element (qa_lib.packed.keep_mask): that lever's share
-  qa_lib-exactrows  qa_lib with the packed row count left as it is under bf16 autocast instead
-          of rounded (qa_lib.packed.round_rows; oneDNN compiles a kernel per new shape): that
-          lever's share, on bf16 rows only (fp32 rows do not round)
+  qa_lib-exactrows  qa_lib with the packed row count left as it is where oneDNN multiplies
+          instead of rounded (qa_lib.packed.round_rows; oneDNN compiles a kernel per new shape):
+          that lever's share (in fp32 only the question flag's detector pass rounds)
 
 ``--precision fp32`` measures as a CPU without native bf16 does (qa_lib's "auto" resolves to fp32
 there; st-bf16, emulated, is skipped): every qa_lib row and the encoding run fp32. On a CPU

@@ -197,7 +197,7 @@ def test_filler_rows_change_no_output_or_gradient(tiny_model, monkeypatch):
 
     # with fast dropout: the masks' stream too
     def trained(rounded: bool) -> tuple[torch.Tensor, dict]:
-        monkeypatch.setattr(packed, "rounds_rows", lambda: rounded)
+        monkeypatch.setattr(packed, "rounds_rows", lambda run: rounded)
         model = copy.deepcopy(tiny_model).train()
         ids = model.tokenizer(TEXTS)["input_ids"]
         torch.manual_seed(0)
@@ -213,7 +213,7 @@ def test_filler_rows_change_no_output_or_gradient(tiny_model, monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_ONEDNN, reason="the rounding is for oneDNN's products (x86 CPUs)")
-def test_rows_are_rounded_under_cpu_autocast_only(tiny_model, monkeypatch):
+def test_rows_are_rounded_where_onednn_multiplies(tiny_model, monkeypatch):
     from qa_lib import packed
 
     seen = []
@@ -221,9 +221,15 @@ def test_rows_are_rounded_under_cpu_autocast_only(tiny_model, monkeypatch):
     monkeypatch.setattr(
         packed.Packing, "of", lambda mask, multiple=1: seen.append(multiple) or real(mask, multiple)
     )
-    batch = tiny_model.tokenize(TEXTS, 32)
+    model = copy.deepcopy(tiny_model)
+    batch = model.tokenize(TEXTS, 32)
+    model.train()
+    model.embed_answers(batch)  # fp32 training: MKL's products
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.embed_answers(batch)  # bf16: oneDNN's
+    model.eval()
     with torch.no_grad():
-        tiny_model.embed_answers(batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            tiny_model.embed_answers(batch)
-    assert seen == [1, packed.ONEDNN_ROWS]
+        model.embed_answers(batch)  # fp32 without gradients: oneDNN's (model.onednn)
+        model.onednn = False
+        model.embed_answers(batch)  # MKL's
+    assert seen == [1, packed.ONEDNN_ROWS, packed.ONEDNN_ROWS, 1]
