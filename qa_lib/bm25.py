@@ -6,6 +6,7 @@ Taught in section 8 of notebook 05 (adding BM25); used by :mod:`qa_lib.negatives
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +26,9 @@ def bm25_index(documents: Sequence[str], k1: float = 0.9, b: float = 0.4):
     """
     import bm25s
 
+    # bm25s sets its logger to DEBUG on import: under a logging handler (the CLI's) every index
+    # printed a line; its warnings still show
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     retriever = bm25s.BM25(k1=k1, b=b)
     retriever.index(
         bm25s.tokenize(list(documents), stopwords="en", show_progress=False), show_progress=False
