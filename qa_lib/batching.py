@@ -22,6 +22,31 @@ class TokenizedPairs:
     view_is_question: torch.Tensor | None = None  # per row: whether that text is a question. (n,)
 
 
+ANSWER_CUTS = (128, 256)  # the answer lengths measured (README, Results: SQuAD at 256)
+LONG_SHARE = 0.25  # auto_answer_length: the share of passages past the short cut that moves to 256
+
+
+def auto_answer_length(
+    tokenizer, passages: Sequence[str], sample: int = 5000, seed: int = 0
+) -> int:
+    """The answer-token cut for these passages: 128, or 256 when over a quarter of them run past
+    128 tokens (SQuAD's paragraphs, MedQuAD's answers; not NQ's answers nor the embedded set's).
+
+    On SQuAD's validation split 256 gained 3.3 points of Recall@1 over 128 for 1.6x the training
+    time (README, Results); where nearly every passage fits in 128 tokens, 256 only costs time.
+    At most ``sample`` passages are tokenised (a seeded sample).
+    """
+    texts = list(passages)
+    if len(texts) > sample:
+        texts = random.Random(seed).sample(texts, sample)
+    if not texts:
+        return ANSWER_CUTS[0]
+    short = ANSWER_CUTS[0]
+    ids = tokenizer(texts, truncation=True, max_length=short + 1)["input_ids"]
+    long = sum(len(x) > short for x in ids) / len(ids)
+    return ANSWER_CUTS[1] if long > LONG_SHARE else ANSWER_CUTS[0]
+
+
 def tokenize_pairs(model, pairs) -> TokenizedPairs:
     """Tokenise every question and answer once (truncated to the model's lengths, not padded).
 

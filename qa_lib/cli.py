@@ -11,8 +11,10 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from qa_lib.batching import auto_answer_length
 from qa_lib.config import EncoderConfig, TrainConfig
 from qa_lib.data import load_pairs
 from qa_lib.distributed import barrier, init_distributed, launched, shutdown
@@ -56,8 +58,18 @@ def _encoder_config(args) -> EncoderConfig:
         question_flag=not args.no_question_flag,
         attention_dropout=args.attention_dropout,
         max_q_len=args.max_q_len,
-        max_a_len=args.max_a_len,
+        max_a_len=EncoderConfig.max_a_len if args.max_a_len == AUTO else args.max_a_len,
     )
+
+
+def _new_model(args, train) -> tuple[DualEncoder, str]:
+    """Towers to train on ``train``, and a line on the answer cut ``--max-a-len auto`` chose."""
+    model = DualEncoder.from_config(_encoder_config(args), seed=args.seed)
+    if args.max_a_len != AUTO:
+        return model, ""
+    cut = auto_answer_length(model.tokenizer, list(dict.fromkeys(train.answers)), seed=args.seed)
+    model.config = replace(model.config, max_a_len=cut)
+    return model, f"answers cut at {cut} tokens (--max-a-len auto, from the training answers)"
 
 
 def _train_config(args) -> TrainConfig:
@@ -137,7 +149,9 @@ def _train(args, world) -> dict:
             )
         except QAError:
             val = None  # the source has no such split: train without validation
-    model = DualEncoder.from_config(_encoder_config(args), seed=args.seed)
+    model, cut = _new_model(args, train)
+    if cut and world.is_main:
+        print(cut)
     config = _train_config(args)
     start = time.perf_counter()
     history = fit(
@@ -227,7 +241,9 @@ def cmd_quickstart(args) -> dict:
     train, val, test = _splits(args)
     cleaning = train.report.summary() if train.report else "not cleaned"
     print(f"data: {len(train)} train / {len(val)} validation / {len(test)} test pairs ({cleaning})")
-    model = DualEncoder.from_config(_encoder_config(args), seed=args.seed)
+    model, cut = _new_model(args, train)
+    if cut:
+        print(cut)
     before, demo_before = evaluate(model, test, progress=not args.quiet), demo_scores(model)
     val_before = evaluate(model, val)  # validation.png's epoch 0: the same split as the epochs
     config = _train_config(args)
@@ -339,6 +355,18 @@ def _add_echo_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+AUTO = "auto"
+
+
+def _answer_length(text: str) -> int | str:
+    """``--max-a-len``: a token count from 1 to 512, or "auto"."""
+    if text == AUTO:
+        return AUTO
+    if not text.isdigit() or not 1 <= int(text) <= 512:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a token count from 1 to 512, or auto")
+    return int(text)
+
+
 def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
     p.add_argument("--proj-dim", type=int, default=None, help="add a projection to this size")
@@ -356,9 +384,10 @@ def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-q-len", type=int, default=defaults.max_q_len, help="question tokens kept")
     p.add_argument(
         "--max-a-len",
-        type=int,
-        default=defaults.max_a_len,
-        help="answer tokens kept (256 for passages longer than 128 tokens, e.g. SQuAD's)",
+        type=_answer_length,
+        default=AUTO,
+        help="answer tokens kept; auto (default): 128, or 256 when over a quarter of the "
+        "training answers are longer than 128 tokens (SQuAD's paragraphs, MedQuAD's answers)",
     )
 
 

@@ -44,3 +44,16 @@ def test_length_sorted_chunks_cover_every_row_once():
     lengths = (5, 1, 3, 9, 2)
     assert sorted_chunks(lengths, 2) == [[1, 4], [2, 0], [3]]
     assert sorted_chunks(lengths, 2, longest_first=True) == [[3, 0], [2, 4], [1]]
+
+
+def test_auto_answer_length_reads_the_passages_lengths(tiny_model):
+    from qa_lib.batching import auto_answer_length
+
+    tok = tiny_model.tokenizer
+    short, long = "a short answer.", " ".join(["word"] * 200)  # about 5 and 202 tokens
+    assert auto_answer_length(tok, [short] * 10) == 128
+    assert auto_answer_length(tok, [long] * 2 + [short] * 8) == 128  # a fifth run past 128
+    assert auto_answer_length(tok, [long] * 3 + [short] * 7) == 256  # over a quarter
+    assert auto_answer_length(tok, []) == 128
+    many = [long] * 300 + [short] * 700  # sampled: the same answer from a 100-text sample
+    assert auto_answer_length(tok, many, sample=100) == auto_answer_length(tok, many) == 256

@@ -244,9 +244,34 @@ def test_length_options_reach_the_encoder_config():
 
     args = build_parser().parse_args(["train", "--data", "d", "--out", "x"])
     assert (_encoder_config(args).max_q_len, _encoder_config(args).max_a_len) == (32, 128)
+    assert args.max_a_len == "auto"  # resolved from the training answers (_new_model)
     options = ["train", "--data", "d", "--out", "x", "--max-q-len", "48", "--max-a-len", "256"]
     config = _encoder_config(build_parser().parse_args(options))
     assert (config.max_q_len, config.max_a_len) == (48, 256)
+    for bad in ("0", "513", "long"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", "--data", "d", "--out", "x", "--max-a-len", bad])
+
+
+def test_auto_answer_length_follows_the_training_answers(tmp_path, tiny_bert_dir, capsys):
+    long = " ".join(["word"] * 150)
+    rows = [f"question {i}?\t{long if i % 2 else 'short answer'} {i}" for i in range(40)]
+    data = tmp_path / "long.tsv"
+    data.write_text("question\tanswer\n" + "\n".join(rows) + "\n")
+    base = ["--quiet", "train", "--data", str(data), "--model", str(tiny_bert_dir)]
+    base += ["--epochs", "1", "--batch-size", "8", "--max-steps", "1"]
+    assert main([*base, "--out", str(tmp_path / "auto")]) == 0
+    assert "answers cut at 256 tokens" in capsys.readouterr().out
+    record = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert record["encoder"]["max_a_len"] == 256
+    from qa_lib import DualEncoder
+
+    assert DualEncoder.load(tmp_path / "auto" / "best").config.max_a_len == 256  # evaluate's cut
+    assert main([*base, "--out", str(tmp_path / "fixed"), "--max-a-len", "128"]) == 0
+    assert "answers cut" not in capsys.readouterr().out
+    assert (
+        json.loads((tmp_path / "fixed" / "metrics.json").read_text())["encoder"]["max_a_len"] == 128
+    )
 
 
 def test_echo_and_negative_options_reach_the_configs():
