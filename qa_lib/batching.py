@@ -36,15 +36,14 @@ def auto_answer_length(
     time (README, Results); where nearly every passage fits in 128 tokens, 256 only costs time.
     At most ``sample`` passages are tokenised (a seeded sample).
     """
+    short, longer = ANSWER_CUTS
     texts = list(passages)
     if len(texts) > sample:
         texts = random.Random(seed).sample(texts, sample)
     if not texts:
-        return ANSWER_CUTS[0]
-    short = ANSWER_CUTS[0]
+        return short
     ids = tokenizer(texts, truncation=True, max_length=short + 1)["input_ids"]
-    long = sum(len(x) > short for x in ids) / len(ids)
-    return ANSWER_CUTS[1] if long > LONG_SHARE else ANSWER_CUTS[0]
+    return longer if sum(len(x) > short for x in ids) > LONG_SHARE * len(ids) else short
 
 
 def tokenize_pairs(model, pairs) -> TokenizedPairs:

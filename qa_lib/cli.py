@@ -62,14 +62,17 @@ def _encoder_config(args) -> EncoderConfig:
     )
 
 
-def _new_model(args, train) -> tuple[DualEncoder, str]:
-    """Towers to train on ``train``, and a line on the answer cut ``--max-a-len auto`` chose."""
+def _new_model(args, train, announce: bool = True) -> DualEncoder:
+    """Towers to train on ``train``; ``--max-a-len auto`` measured on its answers (and printed
+    when ``announce``)."""
     model = DualEncoder.from_config(_encoder_config(args), seed=args.seed)
     if args.max_a_len != AUTO:
-        return model, ""
+        return model
     cut = auto_answer_length(model.tokenizer, list(dict.fromkeys(train.answers)), seed=args.seed)
     model.config = replace(model.config, max_a_len=cut)
-    return model, f"answers cut at {cut} tokens (--max-a-len auto, from the training answers)"
+    if announce:
+        print(f"answers cut at {cut} tokens (--max-a-len auto, from the training answers)")
+    return model
 
 
 def _train_config(args) -> TrainConfig:
@@ -149,9 +152,7 @@ def _train(args, world) -> dict:
             )
         except QAError:
             val = None  # the source has no such split: train without validation
-    model, cut = _new_model(args, train)
-    if cut and world.is_main:
-        print(cut)
+    model = _new_model(args, train, announce=world.is_main)
     config = _train_config(args)
     start = time.perf_counter()
     history = fit(
@@ -241,9 +242,7 @@ def cmd_quickstart(args) -> dict:
     train, val, test = _splits(args)
     cleaning = train.report.summary() if train.report else "not cleaned"
     print(f"data: {len(train)} train / {len(val)} validation / {len(test)} test pairs ({cleaning})")
-    model, cut = _new_model(args, train)
-    if cut:
-        print(cut)
+    model = _new_model(args, train)
     before, demo_before = evaluate(model, test, progress=not args.quiet), demo_scores(model)
     val_before = evaluate(model, val)  # validation.png's epoch 0: the same split as the epochs
     config = _train_config(args)
