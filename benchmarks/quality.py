@@ -84,7 +84,13 @@ import peers  # benchmarks/peers.py: sentence-transformers as a qa_lib scorer
 from qa_lib import TrainConfig, evaluate
 from qa_lib.config import default_model_path
 from qa_lib.data import read_pairs
-from qa_lib.evaluate import LENGTH_BUCKETS, STRESS_ROWS, bm25_metrics, flag_by_length
+from qa_lib.evaluate import (
+    LENGTH_BUCKETS,
+    QUESTION_ANSWERS,
+    STRESS_ROWS,
+    bm25_metrics,
+    flag_by_length,
+)
 from qa_lib.experiments import VARIANTS, train_variant
 from qa_lib.hybrid import tune_lexical_weight
 from qa_lib.metrics import METRIC_KEYS, build_task
@@ -536,12 +542,13 @@ def echo_tradeoff(name: str, info: dict, results: dict, out: Path) -> str | None
 def flag_table(setup: Setup, out: Path) -> str | None:
     """The learned flags' false flags by answer length (qa_lib.evaluate.flag_by_length), per
     system, the worst seed shown: for answers, the most penalised at all (p > 0.5) and the largest
-    p; for questions, the fewest flagged."""
+    p; for questions (and answers that are questions), the fewest flagged."""
     if not setup.flags:
         return None
     systems = list(dict.fromkeys(system for system, _ in setup.flags))
     rows = {}
-    buckets = [f"answers {b}" for b in LENGTH_BUCKETS] + ["questions (echoes)", *STRESS_ROWS]
+    buckets = [f"answers {b}" for b in LENGTH_BUCKETS] + [QUESTION_ANSWERS, "questions (echoes)"]
+    buckets += STRESS_ROWS
     for bucket in buckets:
         cells = {}
         for system in systems:
@@ -549,7 +556,7 @@ def flag_table(setup: Setup, out: Path) -> str | None:
             n = int(stats[0]["n"])
             if not n:
                 cells[system] = "-"
-            elif bucket.startswith("questions"):
+            elif bucket.startswith("questions") or bucket == QUESTION_ANSWERS:  # to be flagged
                 cells[system] = f"{min(x['flag_rate'] for x in stats):.3f}"
             else:
                 rate, top = max(x["flag_rate"] for x in stats), max(x["max_p"] for x in stats)
@@ -560,7 +567,7 @@ def flag_table(setup: Setup, out: Path) -> str | None:
         [
             f"#### {setup.name}: share flagged by length (median question: {median} tokens; "
             "shorter: < 0.75x, as long: up to 1.5x; worst seed: answers the most flagged, "
-            "questions the fewest)",
+            "questions the fewest; an answer that is a single question is counted apart)",
             "",
             markdown_table(rows, systems, "texts"),
         ]

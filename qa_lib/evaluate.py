@@ -230,6 +230,7 @@ def _answer_flag_rate(model, task, a_emb, echo_filter) -> float:
 
 
 LENGTH_BUCKETS = ("shorter", "as long", "longer")  # than the median question (see flag_by_length)
+QUESTION_ANSWERS = "answers that are questions"  # flag_by_length's row of is_question_text answers
 
 
 def flag_by_length(model, pairs: Pairs, batch_size: int = 64) -> dict[str, dict[str, float]]:
@@ -240,6 +241,11 @@ def flag_by_length(model, pairs: Pairs, batch_size: int = 64) -> dict[str, dict[
     ``max_a_len``) against the median question's ``m``: shorter
     (``n < 0.75 m``), as long (up to ``1.5 m``) and longer; and the questions (their echoes) in a
     fourth row.
+
+    A candidate that is one question and nothing else (:func:`is_question_text`; MedQuAD has 17
+    such "answers", scraped subheadings such as "Can 48,XXYY syndrome be inherited?" for the
+    question "Is 48,XXYY syndrome inherited ?") is no real answer: it is counted in its own row,
+    :data:`QUESTION_ANSWERS`, where a flag is right, and in no length bucket.
 
     Real answers as short as a question are rare (none of SQuAD's paragraphs), so three more rows
     hold texts made from the pool that a length cue gets wrong (:data:`STRESS_ROWS`): the first
@@ -256,9 +262,11 @@ def flag_by_length(model, pairs: Pairs, batch_size: int = 64) -> dict[str, dict[
     lengths = torch.tensor(_token_counts(model, task.candidates), dtype=torch.float)
     p_answers = model.question_probability(task.candidates, batch_size)
     bucket_of = (lengths >= 0.75 * median).long() + (lengths > 1.5 * median).long()
+    asks = torch.tensor([is_question_text(c) for c in task.candidates], dtype=torch.bool)
     report = {"median question tokens": {"n": float(median)}}
     for b, name in enumerate(LENGTH_BUCKETS):
-        report[f"answers {name}"] = _flag_stats(p_answers[bucket_of == b])
+        report[f"answers {name}"] = _flag_stats(p_answers[(bucket_of == b) & ~asks])
+    report[QUESTION_ANSWERS] = _flag_stats(p_answers[asks])
     report["questions (echoes)"] = _flag_stats(model.question_probability(task.questions))
     for name, texts in stress_texts(task).items():
         p = model.question_probability(texts, batch_size) if texts else torch.zeros(0)
@@ -300,6 +308,15 @@ def first_sentence_text(answer: str) -> str:
         if len(word) > 1 and word not in _ABBREVIATIONS:
             return head
     return ""
+
+
+def is_question_text(text: str) -> bool:
+    """True for a text that is a single question and nothing else: one sentence, ending in "?".
+
+    "Is it safe? Yes, most airlines allow it." and "Do you know your level? Ask a doctor." are not.
+    """
+    text = text.strip()
+    return text.endswith("?") and "?" not in text[:-1] and not first_sentence_text(text)
 
 
 def _token_counts(model, texts: Sequence[str]) -> list[int]:

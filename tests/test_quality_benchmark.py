@@ -216,7 +216,7 @@ def test_flag_table_shows_each_rows_worst_seed(tmp_path, tiny_splits):
     train, test = tiny_splits
     setup = quality.Setup("tiny", train, test, test)
     rows = [f"answers {b}" for b in quality.LENGTH_BUCKETS]
-    rows += ["questions (echoes)", *quality.STRESS_ROWS]
+    rows += [quality.QUESTION_ANSWERS, "questions (echoes)", *quality.STRESS_ROWS]
     for seed, rate in ((0, 0.1), (1, 0.9)):
         stats = {"n": 10.0, "flag_rate": rate, "max_p": rate}
         median = {"median question tokens": {"n": 8}}
@@ -225,6 +225,7 @@ def test_flag_table_shows_each_rows_worst_seed(tmp_path, tiny_splits):
     assert "| answers longer (n = 10) | 0.900 (max p 0.90) |" in lines
     assert "| questions (echoes) (n = 10) | 0.100 |" in lines
     assert "| questions restyled (n = 10) | 0.100 |" in lines
+    assert "| answers that are questions (n = 10) | 0.100 |" in lines  # these should be flagged
     assert "| first sentences of answers (n = 10) | 0.900 (max p 0.90) |" in lines
 
 

@@ -196,14 +196,31 @@ def test_flag_features_read_the_mean_and_both_ends():
         )
 
 
+def test_an_answer_that_is_only_a_question_is_counted_apart(tiny_model):
+    from qa_lib.data import Pairs
+    from qa_lib.evaluate import QUESTION_ANSWERS, flag_by_length, is_question_text
+
+    assert is_question_text("Can 48,XXYY syndrome be inherited?")
+    assert is_question_text("  how is it treated ?  ")
+    assert not is_question_text("Is it safe? Yes, most airlines allow it until week 36.")
+    assert not is_question_text("Here are the ranges. Do you know your level?")
+    assert not is_question_text("The cause is unknown.")
+    answers = ["Can it be inherited?", "It is not inherited.", "Most cases are sporadic."]
+    pairs = Pairs(["is it inherited?", "is it passed on?", "how does it start?"], answers)
+    report = flag_by_length(tiny_model, pairs)
+    assert report[QUESTION_ANSWERS]["n"] == 1
+    lengths = [k for k in report if k.startswith("answers") and k != QUESTION_ANSWERS]
+    assert sum(report[k]["n"] for k in lengths) == 2
+
+
 def test_question_probability_and_flag_by_length(tiny_model, tiny_splits):
     from qa_lib.evaluate import flag_by_length
 
     p = tiny_model.question_probability(["what is it?", "It is a test."])
     assert_close(p, torch.full((2,), 0.5))  # an untrained detector is undecided
     report = flag_by_length(tiny_model, tiny_splits[1])
-    buckets = [k for k in report if k.startswith("answers")]
-    assert len(buckets) == 3 and sum(report[k]["n"] for k in buckets) == len(
+    buckets = [k for k in report if k.startswith("answers")]  # 3 lengths, answers that ask
+    assert len(buckets) == 4 and sum(report[k]["n"] for k in buckets) == len(
         set(tiny_splits[1].answers)
     )
     assert report["questions (echoes)"]["flag_rate"] == 0.0  # p = 0.5 is no flag
