@@ -130,6 +130,11 @@ LEVERS = (
     "qa_lib_attn0",
     "qa_lib_alen256",
     "untrained_alen256",
+    "qa_lib_proj",
+    "qa_lib_sharedproj",
+    "qa_lib_sharedproj_lr20",
+    "qa_lib_warmup0",
+    "qa_lib_warmup0.3",
 )
 SYSTEMS = tuple(dict.fromkeys(MAIN_SYSTEMS + ECHO_EXTRA + ECHO_STUDY + LEVERS))
 # echo-trade-off systems: the same towers or training, differing in how the echo is pushed down

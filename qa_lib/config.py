@@ -37,7 +37,10 @@ class EncoderConfig:
 
     model: str | None = None  # hub id or folder; None = the packaged all-MiniLM-L6-v2
     pooling: str = "mean"  # "mean" over tokens, or "cls" (the first token)
-    proj_dim: int | None = None  # add a linear projection per tower to this size; None = none
+    proj_dim: int | None = None  # add a linear projection per tower to this size; None = none (one
+    # of the towers' own size starts as the identity: qa_lib.encoders.projection_head)
+    shared_proj: bool = False  # separate towers, one projection for both (Dong et al., EMNLP
+    # 2022); needs proj_dim
     normalize: bool = True  # True: cosine scores; False: raw dot products
     tied: bool = False  # True: one shared encoder for questions and answers
     question_flag: bool = True  # separate towers: the answer tower flags question-like texts, and
@@ -71,6 +74,7 @@ class TrainConfig:
     batch_size: int = 32  # pairs per step; every other answer in the batch is a negative
     lr: float = 5e-5  # AdamW peak learning rate
     answer_lr_scale: float = 1.0  # the answer tower's rate is lr times this (separate towers)
+    proj_lr_scale: float = 1.0  # the projections' rate (EncoderConfig.proj_dim) is lr times this
     weight_decay: float = 0.01  # AdamW weight decay (not on biases and LayerNorm)
     warmup_ratio: float = 0.1  # share of steps with a linear warm-up
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables

@@ -90,6 +90,22 @@ def layer_output(encoder: nn.Module, n: int) -> Iterator[list[torch.Tensor]]:
         hook.remove()
 
 
+def projection_head(hidden: int, config: EncoderConfig) -> nn.Module:
+    """One tower's projection: ``Linear(hidden, proj_dim)``, or the identity without ``proj_dim``.
+
+    One that keeps the towers' size starts as the identity, so fine-tuning starts from the
+    pretrained towers' scores instead of a random map of them; other sizes start at random.
+    """
+    if not config.proj_dim:
+        return nn.Identity()
+    head = nn.Linear(hidden, config.proj_dim)
+    if config.proj_dim == hidden:
+        with torch.no_grad():
+            head.weight.copy_(torch.eye(hidden))
+            head.bias.zero_()
+    return head
+
+
 class DualEncoder(nn.Module):
     """A question tower and an answer tower whose embeddings are compared by a dot product.
 
@@ -107,9 +123,9 @@ class DualEncoder(nn.Module):
             use_row_gradients(encoder)  # CPU: no dense zero gradient per forward call
         self.set_attention_dropout(config.attention_dropout)
         hidden = q_encoder.config.hidden_size
-        make_head = (lambda: nn.Linear(hidden, config.proj_dim)) if config.proj_dim else nn.Identity
-        self.q_proj = make_head()
-        self.a_proj = self.q_proj if config.tied else make_head()
+        self.q_proj = projection_head(hidden, config)
+        shared = config.tied or config.shared_proj
+        self.a_proj = self.q_proj if shared else projection_head(hidden, config)
         flag = QuestionFlag(hidden, config.flag_features) if config.has_question_flag else None
         self.question_flag = flag
         self.tokenizer = tokenizer
@@ -139,6 +155,8 @@ class DualEncoder(nn.Module):
         config = replace(config or EncoderConfig(), **changes)
         if config.pooling not in POOLINGS:
             raise QAError(f"unknown pooling {config.pooling!r}: use 'mean' or 'cls'")
+        if config.shared_proj and not config.proj_dim:
+            raise QAError("shared_proj=True shares a projection: set proj_dim too (e.g. 384)")
         name = resolve_model_name(config.model)
         overrides = dict(config.model_overrides)
         torch.manual_seed(seed)

@@ -108,6 +108,28 @@ VARIANTS: dict[str, Variant] = {
         "qa_lib with answers cut at 256 tokens instead of 128 (issue 16: SQuAD's paragraphs)",
         encoder=lambda c: replace(c, max_a_len=256),
     ),
+    "qa_lib_proj": Variant(
+        "qa_lib with a 384 x 384 projection on each tower, starting as the identity (the control "
+        "of qa_lib_sharedproj)",
+        encoder=lambda c: replace(c, proj_dim=384),
+    ),
+    "qa_lib_sharedproj": Variant(
+        "qa_lib with one 384 x 384 projection shared by the two towers, starting as the identity "
+        "(Dong et al., EMNLP 2022: closes separate towers' gap to a shared encoder)",
+        encoder=lambda c: replace(c, proj_dim=384, shared_proj=True),
+    ),
+    "qa_lib_sharedproj_lr20": Variant(
+        "qa_lib_sharedproj with the projection at 20 times the towers' rate (1e-3 at the "
+        "default lr): at the towers' rate an identity projection barely moves in one epoch",
+        encoder=lambda c: replace(c, proj_dim=384, shared_proj=True),
+        train=dict(proj_lr_scale=20.0),
+    ),
+    "qa_lib_warmup0": Variant(
+        "qa_lib without warm-up (linear decay from the first step)", train=dict(warmup_ratio=0.0)
+    ),
+    "qa_lib_warmup0.3": Variant(
+        "qa_lib with warm-up over 30% of the steps (default 10%)", train=dict(warmup_ratio=0.3)
+    ),
     "untrained_alen256": Variant(
         "the pretrained towers, not trained, reading answers up to 256 tokens (the untrained "
         "baseline of qa_lib_alen256)",

@@ -15,19 +15,23 @@ from qa_lib.errors import QAError
 FLAG_PREFIX = "question_flag."  # parameter names of the question flag's detector
 
 
-ANSWER_PREFIXES = ("a_encoder.", "a_proj.")  # the answer tower's own parameters (not when tied)
+PROJ_PREFIXES = ("q_proj.", "a_proj.")  # the projections (a shared one is named once, q_proj)
+ANSWER_PREFIXES = ("a_encoder.",)  # the answer tower's own encoder (not when tied)
 
 
 def parameter_kind(name: str) -> str:
-    """``"flag"`` (the detector), ``"answer"`` (the answer tower's own) or ``"tower"``."""
+    """``"flag"`` (the detector), ``"proj"`` (a projection), ``"answer"`` (the answer tower's
+    own encoder) or ``"tower"``."""
     if name.startswith(FLAG_PREFIX):
         return "flag"
+    if name.startswith(PROJ_PREFIXES):
+        return "proj"
     return "answer" if name.startswith(ANSWER_PREFIXES) else "tower"
 
 
 def make_optimizer(model, config, total_steps: int):
     """AdamW (no decay on biases and LayerNorm; the flag at ``flag_lr``, the answer tower at
-    ``lr * answer_lr_scale``); warm-up, then decay.
+    ``lr * answer_lr_scale``, projections at ``lr * proj_lr_scale``); warm-up, then decay.
 
     Returns:
         ``(optimizer, scheduler)``.
@@ -40,6 +44,7 @@ def make_optimizer(model, config, total_steps: int):
     rates = {
         "flag": config.flag_lr,
         "answer": config.lr * config.answer_lr_scale,
+        "proj": config.lr * config.proj_lr_scale,
         "tower": config.lr,
     }
     by_kind: dict[tuple[str, bool], list] = {}

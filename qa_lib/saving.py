@@ -80,7 +80,8 @@ def save_model(model, directory: str | os.PathLike) -> Path:
             for sub, encoder in towers.items():
                 encoder.save_pretrained(tmp / sub)
         model.tokenizer.save_pretrained(tmp / "tokenizer")
-        kinds = set(HEAD_MODULES) - ({"a_proj"} if model.config.tied else set())  # tied: shared
+        shared = model.config.tied or model.config.shared_proj  # a_proj is q_proj
+        kinds = set(HEAD_MODULES) - ({"a_proj"} if shared else set())
         heads = {k: v for k, v in model.state_dict().items() if k.split(".")[0] in kinds}
         if heads:
             save_file({k: v.contiguous().cpu() for k, v in heads.items()}, str(tmp / HEADS_FILE))

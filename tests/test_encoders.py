@@ -22,6 +22,26 @@ def test_tied_towers_share_one_encoder(tiny_config):
     assert_close(tied.encode_questions(TEXTS), tied.encode_answers(TEXTS))
 
 
+def test_separate_towers_can_share_one_projection(tiny_config):
+    shared = DualEncoder.from_config(tiny_config, proj_dim=8, shared_proj=True)
+    assert shared.q_encoder is not shared.a_encoder and shared.q_proj is shared.a_proj
+    n_params = sum(p.numel() for p in shared.parameters())
+    apart = DualEncoder.from_config(tiny_config, proj_dim=8)
+    assert sum(p.numel() for p in apart.parameters()) == n_params + 8 * 32 + 8  # one head more
+    with pytest.raises(QAError, match="set proj_dim"):
+        DualEncoder.from_config(tiny_config, shared_proj=True)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_projection_of_the_towers_size_starts_as_the_identity(tiny_config, shared):
+    plain = DualEncoder.from_config(tiny_config, seed=0)
+    square = DualEncoder.from_config(tiny_config, seed=0, proj_dim=32, shared_proj=shared)
+    plain.precision = square.precision = "fp32"  # bf16 would round the projection's product
+    assert_close(square.score(TEXTS, TEXTS), plain.score(TEXTS, TEXTS))
+    narrow = DualEncoder.from_config(tiny_config, seed=0, proj_dim=16, shared_proj=shared)
+    assert not torch.allclose(narrow.q_proj.weight, torch.eye(16, 32))  # other sizes: random
+
+
 def test_pooling_cls_and_mean():
     hidden = torch.arange(12.0).reshape(1, 3, 4)
     mask = torch.tensor([[1, 1, 0]])

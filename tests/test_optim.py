@@ -34,6 +34,19 @@ def test_answer_lr_scale_sets_the_answer_towers_rate_only(tiny_model):
     assert [rates[id(p)] for p in flag] == pytest.approx([0.3] * len(flag))
 
 
+def test_proj_lr_scale_sets_the_projections_rate_only(tiny_config):
+    from qa_lib import DualEncoder
+
+    for shared in (False, True):
+        model = DualEncoder.from_config(tiny_config, proj_dim=8, shared_proj=shared)
+        rates = _rates(model, TrainConfig(lr=1e-4, proj_lr_scale=20.0, answer_lr_scale=0.5))
+        heads = {id(p) for p in [*model.q_proj.parameters(), *model.a_proj.parameters()]}
+        assert len(heads) == (2 if shared else 4)
+        assert [rates[i] for i in heads] == pytest.approx([2e-3] * len(heads))
+        answer = list(model.a_encoder.parameters())
+        assert [rates[id(p)] for p in answer] == pytest.approx([5e-5] * len(answer))
+
+
 def test_a_tied_tower_keeps_the_towers_rate(tiny_config):
     from qa_lib import DualEncoder
 

@@ -17,7 +17,14 @@ FIXTURE = Path(__file__).parent / "fixtures" / "model_v0_1"
 
 
 @pytest.mark.parametrize(
-    "changes", [{}, {"tied": True, "proj_dim": 8}, {"proj_dim": 8}, {"question_flag": False}]
+    "changes",
+    [
+        {},
+        {"tied": True, "proj_dim": 8},
+        {"proj_dim": 8},
+        {"proj_dim": 8, "shared_proj": True},
+        {"question_flag": False},
+    ],
 )
 def test_save_load_round_trip(tmp_path, tiny_config, changes):
     model = DualEncoder.from_config(tiny_config, **changes)
@@ -80,7 +87,9 @@ def test_a_model_saved_before_the_question_flag_still_loads(tmp_path, tiny_confi
 def _middle_layer(model, texts) -> torch.Tensor:
     """What the question flag reads for texts. Shape (n, features)."""
     batch = model.tokenize(texts, model.config.max_a_len)
-    out = model.a_encoder(**batch, output_hidden_states=True)
+    model.eval()  # as encoding runs: no dropout
+    with torch.no_grad():
+        out = model.a_encoder(**batch, output_hidden_states=True)
     hidden = out.hidden_states[model.flag_layer]
     return flag_features(hidden, batch["attention_mask"], model.config.flag_features)
 
