@@ -6,21 +6,18 @@ untrained ones (README, The embedded dataset):
     python benchmarks/embedded_parts.py runs/demo/best
 """
 
-import csv
 import sys
-from pathlib import Path
+
+from make_default_pairs import read_aspects  # benchmarks/: the aspect pairs' one reader
 
 from qa_lib import DualEncoder, EncoderConfig, evaluate, load_pairs
 from qa_lib.data import default_data_path
-
-ASPECTS = Path(__file__).resolve().parent / "aspect_pairs.tsv"
 
 
 def test_parts() -> dict:
     """The embedded test split's factoid and aspect pairs (by topic: an aspect entity or not)."""
     test = load_pairs(str(default_data_path()), "test")
-    with open(ASPECTS, encoding="utf-8", newline="") as f:
-        aspects = {r["entity"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}
+    aspects = set(read_aspects())
     return {
         "factoid": test.select(i for i, g in enumerate(test.groups) if g not in aspects),
         "aspect": test.select(i for i, g in enumerate(test.groups) if g in aspects),

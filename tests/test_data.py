@@ -79,6 +79,18 @@ def test_embedded_file_is_what_its_script_writes(tmp_path):
     assert stale.read_bytes() == default_data_path().read_bytes()
 
 
+def test_embedded_parts_split_the_test_questions_into_factoid_and_aspect(default_splits):
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    import embedded_parts
+
+    parts = embedded_parts.test_parts()
+    factoid, aspect = parts["factoid"], parts["aspect"]
+    assert len(factoid) + len(aspect) == len(default_splits["test"])
+    assert not set(factoid.groups) & set(aspect.groups)
+    assert (len(factoid), len(aspect)) == (127, 132)  # the README's part sizes
+
+
 # ----------------------------------------------------------------------------- formats
 
 
