@@ -28,6 +28,8 @@ Measured in one run, same model, batch, data and lengths, each system in its own
   qa_lib-exactrows  qa_lib with the packed row count left as it is where oneDNN multiplies
           instead of rounded (qa_lib.packed.round_rows; oneDNN compiles a kernel per new shape):
           that lever's share (in fp32 only the question flag's detector pass rounds)
+  qa_lib-chunks8  qa_lib with 8 length-sorted answer chunks per batch instead of the CPU's 4
+          (less padding in the attention grids, twice the calls)
 
 ``--precision fp32`` measures as a CPU without native bf16 does (qa_lib's "auto" resolves to fp32
 there; st-bf16, emulated, is skipped): every qa_lib row and the encoding run fp32. On a CPU
@@ -230,6 +232,7 @@ def run_qa_lib(
     packed: bool = True,
     fast_dropout: bool = True,
     round_rows: bool = True,
+    answer_chunks: int | None = None,
     **encoder: object,
 ) -> None:
     from torch import nn
@@ -259,6 +262,7 @@ def run_qa_lib(
         grad_cache_chunk=spec.grad_cache_chunk,
         compile=compile,
         precision=precision or spec.precision,
+        answer_chunks=answer_chunks,
     )
     n = (spec.warmup + spec.steps + 2) * spec.batch_size
     pairs = Pairs(questions[:n], answers[:n])
@@ -365,6 +369,7 @@ def worker(system: str, spec: Spec) -> dict:
             "qa_lib-attn0": lambda *a: run_qa_lib(*a, attention_dropout=0.0),
             "qa_lib-exactdrop": lambda *a: run_qa_lib(*a, fast_dropout=False),
             "qa_lib-exactrows": lambda *a: run_qa_lib(*a, round_rows=False),
+            "qa_lib-chunks8": lambda *a: run_qa_lib(*a, answer_chunks=8),
         }[system]
         runner(spec, questions, answers, clock)
         result = {"pairs_per_s": clock.pairs_per_s(spec)}

@@ -96,7 +96,9 @@ def round_rows(n: int, multiple: int) -> int:
 LEVELS = 1 << 16  # keep_mask's resolution: one 16-bit lane per element
 
 
-def keep_mask(shape: tuple[int, ...], p: float, device=None) -> tuple[torch.Tensor, float]:
+def keep_mask(
+    shape: tuple[int, ...], p: float, device=None, dtype: torch.dtype = torch.bool
+) -> tuple[torch.Tensor, float]:
     """Which elements dropout keeps, from 16 random bits each, and the factor for the kept ones.
 
     One 64-bit draw of PyTorch's generator gives four 16-bit lanes; an element is dropped when
@@ -105,12 +107,16 @@ def keep_mask(shape: tuple[int, ...], p: float, device=None) -> tuple[torch.Tens
     keeps every element's expectation. Seeded by ``torch.manual_seed`` like ``bernoulli_``.
 
     Returns:
-        ``(keep, factor)``: a bool tensor of ``shape``, and the factor for the kept elements.
+        ``(keep, factor)``: a tensor of ``shape`` and ``dtype``, True (1) where an element is
+        kept, and the factor for the kept elements. The comparison writes a 0/1 mask of the
+        data's dtype directly; multiplying by it gives the same values as ``torch.where(keep, x,
+        0)`` in a third of the time on the CPU (README, Performance).
     """
     n, drop = math.prod(shape), round(p * LEVELS)
     words = torch.randint(-(1 << 63), (1 << 63) - 1, (-(-n // 4),), device=device)
     lanes = words.view(torch.int16)[:n].view(shape)
-    return lanes >= drop - LEVELS // 2, LEVELS / (LEVELS - drop)
+    keep = torch.empty(shape, dtype=dtype, device=device)
+    return torch.ge(lanes, drop - LEVELS // 2, out=keep), LEVELS / (LEVELS - drop)
 
 
 def _dropout(x: torch.Tensor, dropout: nn.Dropout, packing: Packing, mode: str):
@@ -124,10 +130,10 @@ def _dropout(x: torch.Tensor, dropout: nn.Dropout, packing: Packing, mode: str):
     if mode == "off" or p == 0:
         return x
     if mode == "fast":  # masks for the real rows; the filler rows' values are never read
-        keep, factor = keep_mask((len(packing.rows), x.shape[-1]), p, x.device)
+        keep, factor = keep_mask((len(packing.rows), x.shape[-1]), p, x.device, x.dtype)
         if len(x) > len(keep):
             keep = torch.cat([keep, keep.new_ones(len(x) - len(keep), x.shape[-1])])
-        return torch.where(keep, x * factor, 0.0)
+        return x * factor * keep  # as torch.where(keep, x * factor, 0), and faster
     b, length = packing.shape
     noise = x.new_empty(b * length, x.shape[-1]).bernoulli_(1 - p)
     return x * noise.div_(1 - p).index_select(0, packing.gather)
@@ -201,8 +207,8 @@ def written_attention(q, k, v, key_mask: torch.Tensor, scale: float, p: float) -
     scores = torch.baddbmm(bias.reshape(b * heads, 1, length), flat(q), flat(k).mT, alpha=scale)
     weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
     if p > 0:
-        keep, factor = keep_mask(tuple(weights.shape), p, weights.device)
-        weights = torch.where(keep, weights, 0.0)
+        keep, factor = keep_mask(tuple(weights.shape), p, weights.device, weights.dtype)
+        weights = weights * keep  # as torch.where(keep, weights, 0), and faster
     context = torch.bmm(weights, flat(v)).view(b, heads, length, size)
     return context * factor if p > 0 else context
 

@@ -94,6 +94,12 @@ def test_keep_mask_drops_p_of_the_elements_seeded():
     assert torch.equal(keep_mask((1000, 1000), 0.1)[0], keep)  # the global seed decides
     keep_all, one = keep_mask((7,), 1e-9)  # p below 1/65536: nothing dropped
     assert bool(keep_all.all()) and one == 1.0
+    for dtype in (torch.float32, torch.bfloat16):  # the 0/1 mask the layers multiply by
+        torch.manual_seed(0)
+        ones, _ = keep_mask((1000, 1000), 0.1, dtype=dtype)
+        assert ones.dtype == dtype and torch.equal(ones, keep.to(dtype))
+        x = torch.randn(1000, 1000).to(dtype)
+        assert torch.equal(x * factor * ones, torch.where(keep, x * factor, 0.0))
 
 
 def test_written_attention_is_sdpa_and_drops_the_weights_it_says():
